@@ -1,0 +1,44 @@
+# voicebot: `make run` serves the bot, `make test` runs lint, type checks and the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+STAMP_RUN := $(VENV)/.installed-run
+STAMP_DEV := $(VENV)/.installed-dev
+
+.PHONY: run test lint typecheck pytest emulators demo bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP_RUN): setup.cfg pyproject.toml | $(BIN)/python
+	$(PIP) install -e .
+	touch $@
+
+$(STAMP_DEV): setup.cfg pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[dev]'
+	touch $@ $(STAMP_RUN)
+
+## Serve the bot on VOICEBOT_HOST:VOICEBOT_PORT (default 127.0.0.1:8080). ARGS="--workers 2" passes flags.
+run: $(STAMP_RUN)
+	$(BIN)/python -m voicebot $(ARGS)
+
+## Lint, type-check and run every test.
+test: $(STAMP_DEV) lint typecheck pytest
+
+lint: $(STAMP_DEV)
+	$(BIN)/ruff check voicebot tests scripts
+	$(BIN)/ruff format --check voicebot tests scripts
+
+typecheck: $(STAMP_DEV)
+	$(BIN)/mypy
+
+pytest: $(STAMP_DEV)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Run the provider emulators (Deepgram, OpenAI, Twilio REST) on port 8090.
+emulators: $(STAMP_RUN)
+	$(BIN)/python -m voicebot.emulators --port 8090
+
+clean:
+	rm -rf $(VENV) *.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,79 @@
+"""Shared fixtures: a real voicebot server on loopback, built from explicit settings."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+
+from voicebot.server import STATE, AppState, create_app
+from voicebot.settings import Settings
+
+# The machines are noisy (2 cores shared with emulators and helpers): no per-example deadline, no speed health check.
+hypothesis_settings.register_profile("voicebot", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.load_profile("voicebot")
+
+PUBLIC_URL = "https://voicebot.test"
+"""Tests serve on 127.0.0.1 but sign and build URLs with this public address, as behind a tunnel."""
+AUTH_TOKEN = "test-auth-token-0123456789abcdef"
+ACCOUNT_SID = "AC" + "0" * 32
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings for a test server: no config file, keys set, generous limits unless overridden."""
+    base: dict[str, Any] = {
+        "public_url": PUBLIC_URL,
+        "deepgram_api_key": "dg-test-key",
+        "openai_api_key": "sk-test-key",
+        "twilio_account_sid": ACCOUNT_SID,
+        "twilio_auth_token": AUTH_TOKEN,
+        "log_format": "json",
+    }
+    base.update(overrides)
+    return Settings.model_validate({k: v for k, v in base.items() if v is not None})
+
+
+class RunningServer:
+    """A voicebot app served by aiohttp's TestServer on 127.0.0.1 and a free port."""
+
+    def __init__(self, app: web.Application, server: TestServer) -> None:
+        self.app = app
+        self.server = server
+
+    @property
+    def state(self) -> AppState:
+        return self.app[STATE]
+
+    @property
+    def settings(self) -> Settings:
+        return self.state.settings
+
+    def url(self, path: str) -> str:
+        return str(self.server.make_url(path))
+
+    def ws_url(self, path: str = "/media") -> str:
+        return self.url(path).replace("http://", "ws://", 1)
+
+
+ServerFactory = Callable[..., Awaitable[RunningServer]]
+
+
+@pytest.fixture
+async def start_server() -> AsyncIterator[ServerFactory]:
+    servers: list[TestServer] = []
+
+    async def factory(settings: Settings | None = None, **overrides: Any) -> RunningServer:
+        app = create_app(settings or make_settings(**overrides))
+        server = TestServer(app, host="127.0.0.1", port=None)
+        await server.start_server()
+        servers.append(server)
+        return RunningServer(app, server)
+
+    yield factory
+    for server in servers:
+        await server.close()

@@ -1,0 +1,1 @@
+"""voicebot: a low-latency Twilio phone voice bot."""

@@ -1,0 +1,58 @@
+"""Prometheus metrics, one registry per application (so tests can run several servers in one process)."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+RejectReason = Literal[
+    "capacity", "draining", "not_configured", "bad_signature", "bad_token", "no_start", "bad_request"
+]
+
+# Seconds; fine-grained at the low end where the server's own hops live.
+_HOP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_TURN_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+class Metrics:
+    """The server's counters, gauges and latency histograms."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.active_calls = Gauge("voicebot_active_calls", "Calls with an open media stream", registry=self.registry)
+        self.calls_total = Counter(
+            "voicebot_calls", "Media streams accepted, by how they ended", ["end_reason"], registry=self.registry
+        )
+        self.calls_rejected = Counter(
+            "voicebot_calls_rejected", "Calls refused, by reason", ["reason"], registry=self.registry
+        )
+        self.turn_stage = Histogram(
+            "voicebot_turn_stage_seconds",
+            "Time from the end of the caller's speech to each stage of the bot's reply",
+            ["stage"],
+            buckets=_TURN_BUCKETS,
+            registry=self.registry,
+        )
+        self.server_hop = Histogram(
+            "voicebot_server_hop_seconds",
+            "Time the server itself adds on the critical path, per hop",
+            ["hop"],
+            buckets=_HOP_BUCKETS,
+            registry=self.registry,
+        )
+        self.barge_ins = Counter("voicebot_barge_ins", "Barge-ins, by outcome", ["outcome"], registry=self.registry)
+        self.provider_errors = Counter(
+            "voicebot_provider_errors", "Provider failures", ["provider", "kind"], registry=self.registry
+        )
+        self.protocol_errors = Counter(
+            "voicebot_protocol_errors", "Malformed or unexpected Twilio messages", ["kind"], registry=self.registry
+        )
+        for reason in get_args(RejectReason):
+            self.calls_rejected.labels(reason)
+
+    def reject(self, reason: RejectReason) -> None:
+        self.calls_rejected.labels(reason).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,170 @@
+"""The aiohttp application: the Twilio webhook, the Media Streams WebSocket, health and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass, field
+
+import orjson
+from aiohttp import WSCloseCode, web
+
+from voicebot import twiml
+from voicebot.logs import get_logger
+from voicebot.metrics import Metrics
+from voicebot.security import StreamTokens, validate_twilio_signature
+from voicebot.session import CallSession
+from voicebot.settings import Settings
+
+log = get_logger("voicebot.server")
+
+MAX_WEBHOOK_BYTES = 64 * 1024
+MAX_CALL_SID_LENGTH = 64
+NOT_CONFIGURED_TEXT = "Sorry, this phone assistant is not configured yet. Please try again later. Goodbye."
+BUSY_TEXT = "Sorry, all of our lines are busy right now. Please call again in a few minutes. Goodbye."
+DRAINING_TEXT = "Sorry, this service is restarting. Please call again in a minute. Goodbye."
+
+
+@dataclass
+class AppState:
+    """Process-wide state shared by every call of one application."""
+
+    settings: Settings
+    metrics: Metrics
+    tokens: StreamTokens
+    sessions: set[CallSession] = field(default_factory=set)
+    draining: bool = False
+
+
+STATE = web.AppKey("state", AppState)
+
+
+def token_secret(settings: Settings) -> bytes:
+    """The stream-token key: explicit, else derived from the Twilio auth token, else random per process."""
+    if settings.token_secret is not None:
+        return settings.token_secret.get_secret_value().encode()
+    if settings.twilio_auth_token is not None:
+        auth = settings.twilio_auth_token.get_secret_value().encode()
+        return hmac.new(auth, b"voicebot stream token secret", hashlib.sha256).digest()
+    return secrets.token_bytes(32)
+
+
+def _twiml(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type=twiml.CONTENT_TYPE)
+
+
+async def voice(request: web.Request) -> web.Response:
+    """Twilio's voice webhook: answer with a signed ``<Connect><Stream>``, or a polite refusal."""
+    state = request.app[STATE]
+    settings = state.settings
+    form = await request.post()
+    params = {k: v for k, v in form.items() if isinstance(v, str)}
+    if settings.twilio_auth_token is not None:
+        url = settings.public_http_url(request.path_qs)
+        signature = request.headers.get("X-Twilio-Signature")
+        if not validate_twilio_signature(settings.twilio_auth_token.get_secret_value(), url, params, signature):
+            state.metrics.reject("bad_signature")
+            log.warning("webhook_rejected", reason="bad_signature", has_signature=signature is not None)
+            raise web.HTTPForbidden(text="invalid X-Twilio-Signature")
+    call_sid = params.get("CallSid", "")
+    if not call_sid or len(call_sid) > MAX_CALL_SID_LENGTH:
+        state.metrics.reject("bad_request")
+        raise web.HTTPBadRequest(text="CallSid is required")
+    if state.draining:
+        state.metrics.reject("draining")
+        log.info("call_rejected", reason="draining", call_sid=call_sid)
+        return _twiml(twiml.say_and_hang_up(DRAINING_TEXT))
+    if missing := settings.missing():
+        state.metrics.reject("not_configured")
+        log.warning("call_rejected", reason="not_configured", missing=missing, call_sid=call_sid)
+        return _twiml(twiml.say_and_hang_up(NOT_CONFIGURED_TEXT))
+    if len(state.sessions) >= settings.max_calls:
+        state.metrics.reject("capacity")
+        log.warning("call_rejected", reason="capacity", active=len(state.sessions), call_sid=call_sid)
+        return _twiml(twiml.say_and_hang_up(BUSY_TEXT))
+    log.info("call_answered", call_sid=call_sid)
+    return _twiml(twiml.connect_stream(settings.stream_url, {"token": state.tokens.mint(call_sid)}))
+
+
+async def media(request: web.Request) -> web.StreamResponse:
+    """The Media Streams WebSocket: one CallSession per connection."""
+    state = request.app[STATE]
+    settings = state.settings
+    signature = request.headers.get("X-Twilio-Signature")
+    if signature is not None and settings.twilio_auth_token is not None:
+        token = settings.twilio_auth_token.get_secret_value()
+        if not validate_twilio_signature(token, settings.stream_url, {}, signature):
+            state.metrics.reject("bad_signature")
+            log.warning("stream_rejected", reason="bad_signature")
+            raise web.HTTPForbidden(text="invalid X-Twilio-Signature")
+    if state.draining:
+        state.metrics.reject("draining")
+        raise web.HTTPServiceUnavailable(text="draining")
+    ws = web.WebSocketResponse(
+        max_msg_size=settings.max_message_bytes,
+        compress=False,  # mu-law does not compress; deflate would only cost CPU
+        decode_text=False,  # orjson parses bytes directly: no str copy per frame
+        autoping=True,
+    )
+    await ws.prepare(request)
+    session = CallSession(ws, state)
+    state.sessions.add(session)
+    state.metrics.active_calls.inc()
+    try:
+        await session.run()
+    except Exception:
+        # The one place per call that catches everything: log once, end this call only.
+        log.exception("call_crashed")
+        state.metrics.calls_total.labels("crashed").inc()
+        await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal error")
+    finally:
+        state.sessions.discard(session)
+        state.metrics.active_calls.dec()
+    return ws
+
+
+async def healthz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    missing = state.settings.missing()
+    status = "draining" if state.draining else ("degraded" if missing else "ok")
+    body = {"status": status, "active_calls": len(state.sessions), "missing": missing}
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[STATE].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def drain(app: web.Application) -> None:
+    """Graceful shutdown: refuse new calls, give live calls ``drain_timeout_s``, then end the rest (1001)."""
+    state = app[STATE]
+    state.draining = True
+    if not state.sessions:
+        return
+    log.info("draining", active=len(state.sessions), timeout_s=state.settings.drain_timeout_s)
+    waiters = [asyncio.ensure_future(s.finished.wait()) for s in state.sessions]
+    try:
+        await asyncio.wait(waiters, timeout=state.settings.drain_timeout_s)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    remaining = list(state.sessions)
+    for session in remaining:
+        session.shut_down()
+    if remaining:
+        await asyncio.wait([asyncio.ensure_future(s.finished.wait()) for s in remaining], timeout=10.0)
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the application."""
+    app = web.Application(client_max_size=MAX_WEBHOOK_BYTES)
+    app[STATE] = AppState(settings=settings, metrics=Metrics(), tokens=StreamTokens(token_secret(settings)))
+    app.router.add_post("/voice", voice)
+    app.router.add_get("/media", media)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.on_shutdown.append(drain)
+    return app

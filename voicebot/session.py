@@ -1,0 +1,205 @@
+"""CallSession: one per Media Streams WebSocket; owns every task of the call and always cleans up."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, assert_never
+
+import structlog
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from voicebot import twilio_wire as wire
+from voicebot.logs import get_logger
+from voicebot.security import TokenError
+
+if TYPE_CHECKING:
+    from voicebot.server import AppState
+
+log = get_logger("voicebot.session")
+
+MAX_LOGGED_PROTOCOL_ERRORS = 5
+"""Per call; further malformed messages are only counted (a bad peer must not flood the log)."""
+MAX_PROTOCOL_ERRORS = 50
+"""A peer that keeps sending garbage is not Twilio: end its call."""
+WATCHDOG_PERIOD_S = 1.0
+
+
+class CallEnded(Exception):
+    """Raised inside the call's TaskGroup to end the call; the reason ends up in ``call_ended``."""
+
+    def __init__(self, reason: str, code: int = WSCloseCode.OK) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+class CallSession:
+    """The life of one call: handshake (``connected``/``start`` + token), the call's loops, the ending."""
+
+    def __init__(self, ws: web.WebSocketResponse, state: AppState) -> None:
+        self.ws = ws
+        self.state = state
+        self.settings = state.settings
+        self.finished = asyncio.Event()
+        self.start: wire.Start | None = None
+        self.end_reason = ""
+        self.protocol_errors = 0
+        self.media_frames = 0
+        self.last_media_at = time.monotonic()
+        self._shutdown_requested = asyncio.Event()
+
+    # --- lifecycle ---
+
+    async def run(self) -> None:
+        """Serve the call until it ends; never returns with a task of this call still running."""
+        started_at = time.monotonic()
+        try:
+            start = await self._handshake()
+            if start is None:
+                return
+            self.start = start
+            structlog.contextvars.bind_contextvars(call_sid=start.call_sid, stream_sid=start.stream_sid)
+            log.info("call_started", custom_parameters=sorted(start.custom_parameters))
+            code = await self._serve()
+            await self.ws.close(code=code, message=self.end_reason.encode()[:120])
+            self.state.metrics.calls_total.labels(self.end_reason).inc()
+            log.info(
+                "call_ended",
+                reason=self.end_reason,
+                duration_s=round(time.monotonic() - started_at, 3),
+                media_frames=self.media_frames,
+                protocol_errors=self.protocol_errors,
+            )
+        finally:
+            self.finished.set()
+
+    def shut_down(self) -> None:
+        """Ask the call to end now (server shutdown); it closes with 1001 Going Away."""
+        self._shutdown_requested.set()
+
+    async def _serve(self) -> int:
+        ended: CallEnded | None = None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._receive_loop())
+                tg.create_task(self._watchdog())
+                tg.create_task(self._shutdown_watch())
+        except* CallEnded as group:
+            first = group.exceptions[0]
+            assert isinstance(first, CallEnded)
+            ended = first
+        # Every loop runs until it raises CallEnded, so ``ended`` is always set here.
+        assert ended is not None
+        self.end_reason = ended.reason
+        return ended.code
+
+    # --- handshake ---
+
+    async def _handshake(self) -> wire.Start | None:
+        """Wait for ``start`` and redeem its token; close with nothing sent on any failure."""
+        try:
+            async with asyncio.timeout(self.settings.start_timeout_s):
+                while True:
+                    msg = await self.ws.receive()
+                    if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                        self.state.metrics.reject("no_start")
+                        log.info("stream_closed_before_start")
+                        return None
+                    if msg.type is not WSMsgType.TEXT:
+                        return await self._refuse("no_start", "binary frame before start")
+                    try:
+                        event = wire.parse_inbound(msg.data)
+                    except wire.WireError as exc:
+                        return await self._refuse("no_start", f"malformed message before start: {exc}")
+                    if isinstance(event, wire.Connected):
+                        continue
+                    if not isinstance(event, wire.Start):
+                        return await self._refuse("no_start", f"{event.event} before start")
+                    break
+        except TimeoutError:
+            return await self._refuse("no_start", "no start message in time")
+        try:
+            self.state.tokens.redeem(event.custom_parameters.get("token"), event.call_sid)
+        except TokenError as exc:
+            return await self._refuse("bad_token", str(exc), call_sid=event.call_sid)
+        return event
+
+    async def _refuse(self, reason: str, detail: str, call_sid: str | None = None) -> wire.Start | None:
+        self.state.metrics.reject("bad_token" if reason == "bad_token" else "no_start")
+        log.warning("stream_refused", reason=reason, detail=detail, call_sid=call_sid)
+        await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason.encode())
+        return None
+
+    # --- loops ---
+
+    async def _receive_loop(self) -> None:
+        ws = self.ws
+        while True:
+            msg = await ws.receive()
+            if msg.type is WSMsgType.TEXT:
+                self._on_text(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                self._protocol_error("binary_frame", "binary frames are not part of Media Streams")
+            elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                raise CallEnded("socket_closed")
+            elif msg.type is WSMsgType.ERROR:
+                # aiohttp reports oversized frames (and broken framing) this way and closes with 1009/1002.
+                raise CallEnded(f"socket_error: {type(ws.exception()).__name__}", WSCloseCode.PROTOCOL_ERROR)
+
+    def _on_text(self, data: str | bytes) -> None:
+        try:
+            event = wire.parse_inbound(data)
+        except wire.WireError as exc:
+            self._protocol_error("malformed", str(exc))
+            return
+        match event:
+            case wire.Media():
+                self.media_frames += 1
+                self.last_media_at = time.monotonic()
+                self.on_media(event)
+            case wire.Mark():
+                self.on_mark(event)
+            case wire.Dtmf():
+                self.on_dtmf(event)
+            case wire.Stop():
+                raise CallEnded("stop")
+            case wire.Start():
+                self._protocol_error("second_start", "a second start message was ignored")
+            case wire.Connected():
+                self._protocol_error("late_connected", "connected after start was ignored")
+            case _:
+                assert_never(event)
+
+    def _protocol_error(self, kind: str, detail: str) -> None:
+        self.protocol_errors += 1
+        self.state.metrics.protocol_errors.labels(kind).inc()
+        if self.protocol_errors <= MAX_LOGGED_PROTOCOL_ERRORS:
+            log.warning("protocol_error", kind=kind, detail=detail)
+        if self.protocol_errors >= MAX_PROTOCOL_ERRORS:
+            raise CallEnded("too_many_protocol_errors", WSCloseCode.POLICY_VIOLATION)
+
+    async def _watchdog(self) -> None:
+        deadline = time.monotonic() + self.settings.max_call_duration_s
+        while True:
+            await asyncio.sleep(WATCHDOG_PERIOD_S)
+            now = time.monotonic()
+            if now >= deadline:
+                raise CallEnded("max_duration")
+            if now - self.last_media_at > self.settings.idle_media_timeout_s:
+                raise CallEnded("media_timeout")
+
+    async def _shutdown_watch(self) -> None:
+        await self._shutdown_requested.wait()
+        raise CallEnded("server_shutdown", WSCloseCode.GOING_AWAY)
+
+    # --- events (the conversation hooks in here) ---
+
+    def on_media(self, event: wire.Media) -> None:
+        pass
+
+    def on_mark(self, event: wire.Mark) -> None:
+        pass
+
+    def on_dtmf(self, event: wire.Dtmf) -> None:
+        pass

@@ -1,0 +1,256 @@
+"""Typed settings: ``config/voicebot.toml``, then ``.env``, then environment variables (later wins).
+
+Every setting has one field name (the TOML key) and one environment name: provider settings keep their
+provider's prefix (``DEEPGRAM_API_KEY``), the rest get ``VOICEBOT_`` (``port`` ↔ ``VOICEBOT_PORT``).
+Errors name the setting and never echo its value, so a mistyped secret cannot leak into a terminal or a log.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+DEFAULT_CONFIG = Path("config/voicebot.toml")
+_PROVIDER_PREFIXES = ("deepgram_", "openai_", "twilio_")
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+
+
+class SettingsError(ValueError):
+    """A setting is missing, unknown or invalid; the message names it."""
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    return field.upper() if field.startswith(_PROVIDER_PREFIXES) else f"VOICEBOT_{field.upper()}"
+
+
+class Settings(BaseModel):
+    """All of voicebot's settings; see config/voicebot.toml for what each one does."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    # server
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    public_url: str = ""
+    allow_unsigned: bool = False
+    token_secret: SecretStr | None = None
+    log_format: Literal["auto", "console", "json"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # limits
+    max_calls: int = Field(200, ge=1)
+    max_message_bytes: int = Field(64 * 1024, ge=1024)
+    start_timeout_s: float = Field(10.0, gt=0)
+    idle_media_timeout_s: float = Field(15.0, gt=0)
+    max_call_duration_s: float = Field(3600.0, gt=0)
+    drain_timeout_s: float = Field(30.0, ge=0)
+    send_stall_timeout_s: float = Field(10.0, gt=0)
+    # conversation
+    greeting: str = "Hello! Thanks for calling. How can I help you today?"
+    apology: str = "Sorry, I'm having trouble right now. Could you say that again?"
+    idle_prompt: str = "Are you still there?"
+    goodbye: str = "Thanks for calling. Goodbye!"
+    prompt_file: Path = Path("config/system_prompt.md")
+    transfer_number: str = ""
+    transcript_dir: Path = Path("transcripts")
+    idle_timeout_s: float = Field(8.0, gt=0)
+    idle_reprompts: int = Field(2, ge=0)
+    barge_in: bool = True
+    barge_in_min_speech_ms: int = Field(100, ge=20)
+    barge_in_confirm_ms: int = Field(1200, ge=100)
+    barge_in_grace_ms: int = Field(1500, ge=0)
+    backchannels: tuple[str, ...] = (
+        "uh-huh", "uh huh", "mm-hmm", "mhm", "mm", "hmm", "yeah", "yep", "yes", "okay", "ok", "right", "sure",
+        "got it", "i see", "alright", "all right",
+    )  # fmt: skip
+    # Deepgram
+    deepgram_api_key: SecretStr | None = None
+    deepgram_base_url: str = "https://api.deepgram.com"
+    deepgram_stt_model: str = "nova-3"
+    deepgram_language: str = "en-US"
+    deepgram_endpointing_ms: int = Field(300, ge=10)
+    deepgram_utterance_end_ms: int = Field(1000, ge=1000)
+    deepgram_tts_model: str = "aura-2-asteria-en"
+    deepgram_tts_encoding: str = "mulaw"
+    deepgram_tts_sample_rate: int = 8000
+    # OpenAI
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_model: str = "gpt-4o-mini"
+    openai_temperature: float = Field(0.4, ge=0, le=2)
+    openai_max_tokens: int = Field(300, ge=1)
+    # Twilio
+    twilio_account_sid: str = ""
+    twilio_auth_token: SecretStr | None = None
+    twilio_api_base_url: str = "https://api.twilio.com"
+
+    @field_validator("deepgram_tts_encoding")
+    @classmethod
+    def _mulaw_only(cls, value: str) -> str:
+        if value.lower() != "mulaw":
+            raise ValueError("Twilio Media Streams play only mu-law at 8000 Hz: set it to 'mulaw'")
+        return "mulaw"
+
+    @field_validator("deepgram_tts_sample_rate")
+    @classmethod
+    def _8k_only(cls, value: int) -> int:
+        if value != 8000:
+            raise ValueError("Twilio Media Streams play only mu-law at 8000 Hz: set it to 8000")
+        return value
+
+    @field_validator("public_url", "deepgram_base_url", "openai_base_url", "twilio_api_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https", "ws", "wss") or not parts.netloc:
+            raise ValueError("must be an absolute http(s):// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _public_url_default(self) -> Settings:
+        if not self.public_url:
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            object.__setattr__(self, "public_url", f"http://{host}:{self.port}")
+        return self
+
+    # --- derived values ---
+
+    @property
+    def stream_url(self) -> str:
+        """The ``<Stream url>``: the public URL in its ws:// or wss:// form, plus /media."""
+        parts = urlsplit(self.public_url)
+        scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+        return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/media", "", ""))
+
+    def public_http_url(self, path_qs: str) -> str:
+        """The public http(s) URL of a request path (what Twilio signed)."""
+        parts = urlsplit(self.public_url)
+        scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+        return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}{path_qs}"
+
+    @property
+    def deepgram_ws_url(self) -> str:
+        """The live-STT WebSocket base, derived from DEEPGRAM_BASE_URL (https → wss, http → ws)."""
+        parts = urlsplit(self.deepgram_base_url)
+        scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+        return urlunsplit((scheme, parts.netloc, parts.path, "", ""))
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host in LOOPBACK_NAMES:
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def missing(self) -> list[str]:
+        """Names of the credentials a call needs and that are not set."""
+        names = []
+        if self.deepgram_api_key is None or not self.deepgram_api_key.get_secret_value():
+            names.append("DEEPGRAM_API_KEY")
+        if self.openai_api_key is None or not self.openai_api_key.get_secret_value():
+            names.append("OPENAI_API_KEY")
+        return names
+
+    def secret_values(self) -> list[str]:
+        """Every secret value set, for the log redactor."""
+        secrets = [self.deepgram_api_key, self.openai_api_key, self.twilio_auth_token, self.token_secret]
+        return [s.get_secret_value() for s in secrets if s is not None and len(s.get_secret_value()) >= 4]
+
+    def check_startup(self) -> None:
+        """Refuse configurations that are unsafe to serve; raise SettingsError saying why."""
+        if not self.is_loopback and self.twilio_auth_token is None and not self.allow_unsigned:
+            raise SettingsError(
+                f"refusing to listen on {self.host} without TWILIO_AUTH_TOKEN: anyone could open calls and "
+                "spend your Deepgram and OpenAI credits. Set TWILIO_AUTH_TOKEN, bind VOICEBOT_HOST to "
+                "127.0.0.1, or set VOICEBOT_ALLOW_UNSIGNED=true if a proxy in front checks requests."
+            )
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting by environment name, secrets shown only as set or unset (for --check-config)."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "<set>"
+            elif name in _SECRET_FIELDS:
+                value = "<unset>"
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[env_name(name)] = value
+        return out
+
+
+_SECRET_FIELDS = frozenset({"deepgram_api_key", "openai_api_key", "twilio_auth_token", "token_secret"})
+ENV_TO_FIELD = {env_name(name): name for name in Settings.model_fields}
+
+
+def _format_error(exc: ValidationError, origin: Mapping[str, str]) -> str:
+    lines = []
+    for err in exc.errors(include_input=False, include_url=False):
+        field = str(err["loc"][0]) if err["loc"] else ""
+        if field in Settings.model_fields:
+            label = f"{env_name(field)} ({origin.get(field, 'default')})"
+        else:
+            label = f"unknown setting {field!r} ({origin.get(field, 'config')})"
+        lines.append(f"{label}: {err['msg']}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+def _split_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    env_file: Path | None = Path(".env"),
+    config_path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Load settings from the TOML file, .env and the environment, then ``overrides`` (CLI flags)."""
+    environ = os.environ if environ is None else environ
+    dotenv: dict[str, str] = {}
+    if env_file is not None and env_file.is_file():
+        dotenv = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+    layered_env = {**dotenv, **{k: v for k, v in environ.items() if k in ENV_TO_FIELD or k == "VOICEBOT_CONFIG"}}
+
+    explicit = config_path or (Path(p) if (p := layered_env.get("VOICEBOT_CONFIG")) else None)
+    path = explicit or DEFAULT_CONFIG
+    data: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    if path.is_file():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{path}: not valid TOML: {exc}") from None
+        origin = dict.fromkeys(data, str(path))
+    elif explicit is not None:
+        raise SettingsError(f"VOICEBOT_CONFIG: no such file: {path}")
+
+    for env, value in layered_env.items():
+        field = ENV_TO_FIELD.get(env)
+        if field is None:
+            continue
+        data[field] = _split_list(value) if field == "backchannels" else value
+        origin[field] = "environment" if env in environ else ".env"
+    for field, value in (overrides or {}).items():
+        if value is not None:
+            data[field] = value
+            origin[field] = "command line"
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise SettingsError(_format_error(exc, origin)) from None
