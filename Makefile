@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
+LINT_PATHS := voicebot tests $(wildcard scripts)
 
 .PHONY: run test lint typecheck pytest emulators demo bench clean
 
@@ -27,8 +28,8 @@ run: $(STAMP_RUN)
 test: $(STAMP_DEV) lint typecheck pytest
 
 lint: $(STAMP_DEV)
-	$(BIN)/ruff check voicebot tests scripts
-	$(BIN)/ruff format --check voicebot tests scripts
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 typecheck: $(STAMP_DEV)
 	$(BIN)/mypy
