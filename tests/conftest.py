@@ -33,6 +33,10 @@ def make_settings(**overrides: Any) -> Settings:
         "twilio_account_sid": ACCOUNT_SID,
         "twilio_auth_token": AUTH_TOKEN,
         "log_format": "json",
+        # No test may reach the internet: providers point at a closed loopback port unless a test sets emulators.
+        "deepgram_base_url": "http://127.0.0.1:9",
+        "openai_base_url": "http://127.0.0.1:9/v1",
+        "twilio_api_base_url": "http://127.0.0.1:9",
     }
     base.update(overrides)
     return Settings.model_validate({k: v for k, v in base.items() if v is not None})

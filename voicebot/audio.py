@@ -49,10 +49,18 @@ _DECODE = array.array("h", (_decode_byte(u) for u in range(256)))
 _ENCODE = bytes(_encode_sample(s - 65536 if s >= 32768 else s) for s in range(65536))
 
 
+# Per-frame decoding is on the hot path (50 frames per second per call): two bytes.translate() calls and two
+# slice assignments run in C, about 20x faster than a Python loop over the samples.
+_LOW = bytes(_DECODE[u] & 0xFF for u in range(256))
+_HIGH = bytes((_DECODE[u] >> 8) & 0xFF for u in range(256))
+
+
 def ulaw_to_pcm16(data: bytes) -> bytes:
     """Decode mu-law bytes to 16-bit little-endian signed PCM."""
-    table = _DECODE
-    return array.array("h", [table[b] for b in data]).tobytes()
+    out = bytearray(2 * len(data))
+    out[0::2] = data.translate(_LOW)
+    out[1::2] = data.translate(_HIGH)
+    return bytes(out)
 
 
 def pcm16_to_ulaw(pcm: bytes) -> bytes:

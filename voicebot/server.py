@@ -6,7 +6,9 @@ import asyncio
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from aiohttp import WSCloseCode, web
@@ -15,6 +17,7 @@ from voicebot import twiml
 from voicebot.logs import get_logger
 from voicebot.metrics import Metrics
 from voicebot.security import StreamTokens, validate_twilio_signature
+from voicebot.services import SERVICES, services_context
 from voicebot.session import CallSession
 from voicebot.settings import Settings
 
@@ -36,6 +39,12 @@ class AppState:
     tokens: StreamTokens
     sessions: set[CallSession] = field(default_factory=set)
     draining: bool = False
+    listeners: list[Callable[[str, dict[str, Any]], None]] = field(default_factory=list)
+
+    def publish(self, call_sid: str, event: dict[str, Any]) -> None:
+        """Hand a call event to the dev page's event stream (if any listens)."""
+        for listener in self.listeners:
+            listener(call_sid, event)
 
 
 STATE = web.AppKey("state", AppState)
@@ -109,7 +118,7 @@ async def media(request: web.Request) -> web.StreamResponse:
         autoping=True,
     )
     await ws.prepare(request)
-    session = CallSession(ws, state)
+    session = CallSession(ws, state, request.app.get(SERVICES))
     state.sessions.add(session)
     state.metrics.active_calls.inc()
     try:
@@ -167,4 +176,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.on_shutdown.append(drain)
+    app.cleanup_ctx.append(services_context(settings))
     return app

@@ -10,11 +10,14 @@ import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from voicebot import twilio_wire as wire
+from voicebot.conversation import Conversation
+from voicebot.errors import CallEnded, first_leaf
 from voicebot.logs import get_logger
 from voicebot.security import TokenError
 
 if TYPE_CHECKING:
     from voicebot.server import AppState
+    from voicebot.services import Services
 
 log = get_logger("voicebot.session")
 
@@ -25,21 +28,14 @@ MAX_PROTOCOL_ERRORS = 50
 WATCHDOG_PERIOD_S = 1.0
 
 
-class CallEnded(Exception):
-    """Raised inside the call's TaskGroup to end the call; the reason ends up in ``call_ended``."""
-
-    def __init__(self, reason: str, code: int = WSCloseCode.OK) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.code = code
-
-
 class CallSession:
     """The life of one call: handshake (``connected``/``start`` + token), the call's loops, the ending."""
 
-    def __init__(self, ws: web.WebSocketResponse, state: AppState) -> None:
+    def __init__(self, ws: web.WebSocketResponse, state: AppState, services: Services | None = None) -> None:
         self.ws = ws
         self.state = state
+        self.services = services
+        self.conversation: Conversation | None = None
         self.settings = state.settings
         self.finished = asyncio.Event()
         self.start: wire.Start | None = None
@@ -82,13 +78,16 @@ class CallSession:
         ended: CallEnded | None = None
         try:
             async with asyncio.TaskGroup() as tg:
+                if self.services is not None and self.start is not None:
+                    self.conversation = Conversation(
+                        self.ws, self.start, self.settings, self.services, self.state.metrics, self.state.publish
+                    )
+                    tg.create_task(self.conversation.run(), name="conversation")
                 tg.create_task(self._receive_loop())
                 tg.create_task(self._watchdog())
                 tg.create_task(self._shutdown_watch())
         except* CallEnded as group:
-            first = group.exceptions[0]
-            assert isinstance(first, CallEnded)
-            ended = first
+            ended = first_leaf(group)
         # Every loop runs until it raises CallEnded, so ``ended`` is always set here.
         assert ended is not None
         self.end_reason = ended.reason
@@ -193,13 +192,16 @@ class CallSession:
         await self._shutdown_requested.wait()
         raise CallEnded("server_shutdown", WSCloseCode.GOING_AWAY)
 
-    # --- events (the conversation hooks in here) ---
+    # --- events, handed to the conversation ---
 
     def on_media(self, event: wire.Media) -> None:
-        pass
+        if self.conversation is not None:
+            self.conversation.on_media(event.payload, self.last_media_at)
 
     def on_mark(self, event: wire.Mark) -> None:
-        pass
+        if self.conversation is not None and not self.conversation.on_mark(event.name, time.monotonic()):
+            self._protocol_error("unknown_mark", "a mark this call never sent was ignored")
 
     def on_dtmf(self, event: wire.Dtmf) -> None:
-        pass
+        if self.conversation is not None:
+            self.conversation.on_dtmf(event.digit, time.monotonic())

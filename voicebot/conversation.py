@@ -1,0 +1,536 @@
+"""The conversation of one call: listening (VAD + STT), turn-taking, bot turns, barge-in, ending.
+
+Runs inside the CallSession's TaskGroup. Inputs arrive from three places — the session's receive loop (audio,
+marks, DTMF), the STT stream, and finished bot turns — and go through the sans-I/O :class:`TurnTaking` machine;
+its actions are applied one at a time by a single control task, so no two actions ever race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from voicebot import twilio_wire as wire
+from voicebot import twiml
+from voicebot.bot_turn import BotTurn, TurnResult, TurnTiming
+from voicebot.errors import CallEnded, ProviderError, first_leaf
+from voicebot.logs import get_logger
+from voicebot.metrics import Metrics
+from voicebot.playout import HeardText, PlayoutLedger, UnknownMark, parse_mark_name
+from voicebot.providers.base import Message, SpeechStarted, SttEvent, SttStream, Transcript, UtteranceEnd
+from voicebot.services import TRANSFER_TEXT, Services
+from voicebot.settings import Settings
+from voicebot.transcript import TranscriptWriter
+from voicebot.turns import (
+    Action,
+    CancelTurn,
+    Clear,
+    EndCall,
+    Finalize,
+    IdlePrompt,
+    Reply,
+    Resume,
+    TurnConfig,
+    TurnTaking,
+)
+from voicebot.vad import FrameVad
+
+log = get_logger("voicebot.conversation")
+
+STT_AUDIO_QUEUE_FRAMES = 100
+"""2 s of caller audio waiting for the STT socket; on overflow the oldest frame is dropped (live audio wins)."""
+STT_REPLAY_FRAMES = 500
+"""10 s of audio since the last final result, replayed to a reconnected STT stream."""
+CONTROL_QUEUE_SIZE = 256
+"""Action batches waiting for the control task; actions come from state changes, so this never fills in practice."""
+KEEPALIVE_INTERVAL_S = 4.0
+STT_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
+STT_MAX_FAILURES = 5
+HANG_UP_TIMEOUT_S = 10.0
+INTERRUPTED_SUFFIX = " —"
+"""Appended to an interrupted reply in the model's history: the caller stopped hearing it there."""
+
+EventSink = Callable[[str, dict[str, Any]], None]
+
+END_CALL_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "end_call",
+        "description": "End the phone call, after the caller says goodbye or clearly wants to hang up.",
+        "parameters": {
+            "type": "object",
+            "properties": {"reason": {"type": "string", "description": "Why the call is ending."}},
+            "required": [],
+        },
+    },
+}
+TRANSFER_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "transfer_call",
+        "description": "Transfer the caller to a human colleague when they ask for one or you cannot help.",
+        "parameters": {"type": "object", "properties": {}, "required": []},
+    },
+}
+
+
+class CallAudioOut:
+    """The one place audio, marks and clears reach the socket; fenced by generation, bounded by a send timeout."""
+
+    def __init__(self, ws: web.WebSocketResponse, stream_sid: str, ledger: PlayoutLedger, stall_s: float) -> None:
+        self._ws = ws
+        self._stream_sid = stream_sid
+        self.ledger = ledger
+        self._stall_s = stall_s
+        self.current_gen = 0
+        self.dropped_stale = 0
+
+    def sent_bytes(self) -> int:
+        return self.ledger.sent_bytes
+
+    async def send_media(self, gen: int, audio: bytes) -> bool:
+        if gen != self.current_gen:
+            self.dropped_stale += 1  # generation fencing: audio of a cancelled turn never reaches the caller
+            return False
+        self.ledger.audio_sent(len(audio), time.monotonic())
+        await self._send(wire.media_message(self._stream_sid, audio))
+        return True
+
+    async def send_mark(self, gen: int, name: str) -> bool:
+        if gen != self.current_gen:
+            return False
+        self.ledger.mark_sent(name, time.monotonic())
+        await self._send(wire.mark_message(self._stream_sid, name))
+        return True
+
+    async def send_clear(self) -> int:
+        """Send ``clear``; return the ledger position the caller had heard up to."""
+        played = self.ledger.cleared(time.monotonic())
+        await self._send(wire.clear_message(self._stream_sid))
+        return played
+
+    async def _send(self, data: bytes) -> None:
+        try:
+            async with asyncio.timeout(self._stall_s):
+                await self._ws.send_frame(data, WSMsgType.TEXT)
+        except TimeoutError:
+            raise CallEnded("send_stalled", 1011) from None
+        except ConnectionError:
+            raise CallEnded("socket_closed") from None
+
+
+class Conversation:
+    """Everything spoken on one call, from the greeting to the hang-up."""
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        start: wire.Start,
+        settings: Settings,
+        services: Services,
+        metrics: Metrics,
+        publish: EventSink | None = None,
+    ) -> None:
+        self.settings = settings
+        self.services = services
+        self.metrics = metrics
+        self.call_sid = start.call_sid
+        self._publish_sink = publish
+        self.ledger = PlayoutLedger()
+        self.out = CallAudioOut(ws, start.stream_sid, self.ledger, settings.send_stall_timeout_s)
+        self.machine = TurnTaking(
+            TurnConfig(
+                barge_in=settings.barge_in,
+                min_speech_ms=settings.barge_in_min_speech_ms,
+                confirm_ms=settings.barge_in_confirm_ms,
+                grace_ms=settings.barge_in_grace_ms,
+                idle_timeout_s=settings.idle_timeout_s,
+                idle_reprompts=settings.idle_reprompts,
+                backchannels=settings.backchannels,
+            )
+        )
+        self.vad = FrameVad()
+        self.history: list[Message] = []
+        self.transcript = TranscriptWriter(settings.transcript_dir, start.call_sid)
+        self.tools = [END_CALL_TOOL] + ([TRANSFER_TOOL] if settings.transfer_number else [])
+        self._gen = 0
+        self._turn: BotTurn | None = None
+        self._turn_task: asyncio.Task[None] | None = None
+        self._turn_interruptible = True
+        self._cut_played: int | None = None
+        self._speech_onset: float | None = None
+        self._vad_speaking = False
+        self._actions: asyncio.Queue[list[Action]] = asyncio.Queue(CONTROL_QUEUE_SIZE)
+        self._audio: asyncio.Queue[bytes] = asyncio.Queue(STT_AUDIO_QUEUE_FRAMES)
+        self._replay: deque[bytes] = deque(maxlen=STT_REPLAY_FRAMES)
+        self._stt: SttStream | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._ending = False
+        self.turns_completed = 0
+        self.barge_ins = 0
+
+    # --- running ---------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Greet, then listen and answer until the call ends (raises CallEnded when the bot hangs up)."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                self._start_fixed(self.settings.greeting, interruptible=True, grace_ms=self.settings.barge_in_grace_ms)
+                tg.create_task(self._control(), name="control")
+                tg.create_task(self._listen(), name="stt")
+        finally:
+            self.transcript.close()
+
+    def _publish(self, event: dict[str, Any]) -> None:
+        if self._publish_sink is not None:
+            self._publish_sink(self.call_sid, event)
+
+    def _post(self, actions: list[Action]) -> None:
+        try:
+            self._actions.put_nowait(actions)
+        except asyncio.QueueFull:
+            raise CallEnded("control_queue_full", 1011) from None
+
+    async def _control(self) -> None:
+        while True:
+            deadline = self.machine.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                async with asyncio.timeout(timeout):
+                    actions = await self._actions.get()
+            except TimeoutError:
+                actions = self.machine.tick(time.monotonic())
+            for action in actions:
+                await self._apply(action)
+
+    # --- inputs from the session's receive loop (synchronous: the per-frame hot path) ------------------------
+
+    def on_media(self, payload: bytes, now: float) -> None:
+        if self._audio.full():
+            self._audio.get_nowait()  # drop the oldest frame: the recogniser must stay live
+        self._audio.put_nowait(payload)
+        self._replay.append(payload)
+        actions: list[Action] = []
+        for speech in self.vad.frames(payload):
+            if speech and not self._vad_speaking:
+                self._speech_onset = now
+            self._vad_speaking = speech
+            actions += self.machine.vad(speech, now)
+        if actions:
+            self._post(actions)
+
+    def on_mark(self, name: str, now: float) -> bool:
+        """A mark echoed by Twilio; False for a mark this call never sent."""
+        try:
+            echo = self.ledger.mark_echoed(name, now)
+            gen = parse_mark_name(name)[0]
+        except (UnknownMark, ValueError):
+            return False
+        turn = self._turn
+        if turn is not None and turn.gen == gen:
+            turn.mark_echoed(name, echo.played, now)
+        return True
+
+    def on_dtmf(self, digit: str, now: float) -> None:
+        self.transcript.write("dtmf", digit=digit)
+        self._post(self.machine.dtmf(digit, now))
+
+    # --- listening ---------------------------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        failures = 0
+        while True:
+            error = await self._stt_session()
+            failures += 1
+            self.metrics.provider_errors.labels("deepgram_stt", "transient" if error.transient else "fatal").inc()
+            if not error.transient or failures > STT_MAX_FAILURES:
+                log.error("stt_unavailable", error=str(error), status=error.status, failures=failures)
+                await self._apologise_and_hang_up("stt_unavailable")
+                return
+            delay = STT_BACKOFF_S[min(failures - 1, len(STT_BACKOFF_S) - 1)]
+            log.warning("stt_reconnecting", error=str(error), attempt=failures, delay_s=delay)
+            await asyncio.sleep(delay)
+
+    async def _stt_session(self) -> ProviderError:
+        """One STT connection, until it fails; returns the failure."""
+        failure: ProviderError = ProviderError("deepgram_stt", "stream ended", transient=True)
+        try:
+            async with self.services.stt.connect() as stream, asyncio.TaskGroup() as tg:
+                self._stt = stream
+                for frame in list(self._replay):  # audio since the last final, so nothing said is lost
+                    await stream.send_audio(frame)
+                tg.create_task(self._pump_audio(stream), name="stt-send")
+                async for event in stream.events():
+                    self._on_stt(event, time.monotonic())
+        except* ProviderError as group:
+            failure = first_leaf(group)
+        finally:
+            self._stt = None
+        return failure
+
+    async def _pump_audio(self, stream: SttStream) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(KEEPALIVE_INTERVAL_S):
+                    frame = await self._audio.get()
+            except TimeoutError:
+                await stream.keep_alive()  # no audio flowing: keep Deepgram from closing with NET-0001
+                continue
+            await stream.send_audio(frame)
+
+    def _on_stt(self, event: SttEvent, now: float) -> None:
+        match event:
+            case Transcript():
+                if event.is_final:
+                    self._replay.clear()
+                if event.text:
+                    self._publish({"type": "user", "text": event.text, "final": event.is_final})
+                actions = self.machine.transcript(
+                    event.text,
+                    is_final=event.is_final,
+                    speech_final=event.speech_final,
+                    from_finalize=event.from_finalize,
+                    now=now,
+                )
+            case SpeechStarted():
+                actions = self.machine.speech_started(now)
+            case UtteranceEnd():
+                actions = self.machine.utterance_end(now)
+        if actions:
+            self._post(actions)
+
+    # --- actions -----------------------------------------------------------------------------------------------
+
+    async def _apply(self, action: Action) -> None:
+        match action:
+            case Clear():
+                await self._clear()
+            case Resume():
+                if self._turn is not None and self._turn.paused:
+                    self._turn.resume()
+                self.metrics.barge_ins.labels("resumed").inc()
+                self._publish({"type": "barge_in", "stage": "resume"})
+                log.info("barge_in_resumed", gen=self._gen)
+            case CancelTurn():
+                await self._cancel_turn(action.reason)
+            case Reply():
+                await self._reply(action)
+            case Finalize():
+                if self._stt is not None:
+                    try:
+                        await self._stt.finalize()
+                    except ProviderError as exc:
+                        log.warning("stt_finalize_failed", error=str(exc))
+            case IdlePrompt():
+                self._start_fixed(self.settings.idle_prompt, interruptible=True)
+            case EndCall():
+                await self._end_call(action.reason, say_goodbye=True)
+
+    async def _clear(self) -> None:
+        now = time.monotonic()
+        turn = self._turn
+        if turn is not None:
+            turn.pause()
+        self._cut_played = await self.out.send_clear()
+        self.barge_ins += 1
+        onset_ms = round((now - self._speech_onset) * 1000, 1) if self._speech_onset is not None else None
+        self.metrics.barge_ins.labels("cleared").inc()
+        self._publish({"type": "barge_in", "stage": "clear"})
+        log.info("barge_in_clear", gen=self._gen, since_speech_onset_ms=onset_ms)
+
+    async def _cancel_turn(self, reason: str) -> None:
+        turn, task = self._turn, self._turn_task
+        if turn is None or task is None:
+            return
+        played = self._cut_played
+        if played is None and turn.timing.first_media is not None:
+            played = await self.out.send_clear()  # cancelled without a stage-1 clear (DTMF): stop the audio too
+        self._gen += 1
+        self.out.current_gen = self._gen  # fencing first: nothing of the old turn can be sent from here on
+        task.cancel()
+        await asyncio.wait([task])
+        self._turn = self._turn_task = None
+        heard = turn.heard_at_cut(played if played is not None else 0)
+        self._remember_reply(turn, heard, interrupted=True)
+        self.metrics.barge_ins.labels("cancelled").inc()
+        self._publish({"type": "barge_in", "stage": "cancel"})
+        log.info("turn_cancelled", reason=reason, gen=turn.gen, heard_chars=len(heard.text))
+
+    async def _reply(self, reply: Reply) -> None:
+        if self._turn_task is not None:
+            await self._cancel_turn("new_reply")
+        self.history.append({"role": "user", "content": reply.text})
+        self.transcript.write("user", text=reply.text)
+        messages: list[Message] = [{"role": "system", "content": self.services.system_prompt}, *self.history]
+        timing = TurnTiming(speech_end=reply.speech_end, stt_final=reply.final_at)
+        apology = (self.settings.apology, self.services.phrases.cached(self.settings.apology))
+        self._start_turn(
+            BotTurn(
+                self._next_gen(),
+                self.out,
+                tts=self.services.tts,
+                llm=self.services.llm,
+                messages=messages,
+                tools=self.tools,
+                fallback=apology,
+                timing=timing,
+                on_first_media=self._on_first_media,
+            ),
+            interruptible=True,
+        )
+
+    # --- bot turns ---------------------------------------------------------------------------------------------
+
+    def _next_gen(self) -> int:
+        self._gen += 1
+        self.out.current_gen = self._gen
+        self._cut_played = None
+        return self._gen
+
+    def _start_fixed(self, text: str, *, interruptible: bool, grace_ms: int = 0, then_hang_up: bool = False) -> None:
+        turn = BotTurn(
+            self._next_gen(),
+            self.out,
+            tts=self.services.tts,
+            fixed=(text, self.services.phrases.cached(text)),
+            on_first_media=self._on_first_media,
+        )
+        self._start_turn(turn, interruptible=interruptible, grace_ms=grace_ms)
+
+    def _start_turn(self, turn: BotTurn, *, interruptible: bool, grace_ms: int = 0) -> None:
+        assert self._tg is not None
+        self._turn = turn
+        self._turn_interruptible = interruptible
+        self._turn_grace_ms = grace_ms
+        self._turn_task = self._tg.create_task(self._run_turn(turn), name=f"turn-{turn.gen}")
+
+    def _on_first_media(self, turn: BotTurn) -> None:
+        if turn is self._turn:
+            self.machine.bot_started(
+                time.monotonic(), interruptible=self._turn_interruptible, grace_ms=self._turn_grace_ms
+            )
+
+    async def _run_turn(self, turn: BotTurn) -> None:
+        result = await turn.run()
+        if self._turn is turn:
+            self._turn = self._turn_task = None
+        self._remember_reply(turn, result.heard, interrupted=False)
+        self._log_turn(turn, result)
+        for call in result.tool_calls:
+            self.transcript.write("tool_call", name=call.name, arguments=call.arguments)
+            if call.name == "end_call":
+                await self._end_call("bot_ended", say_goodbye=not result.heard.text)
+                return
+            if call.name == "transfer_call" and self.settings.transfer_number:
+                await self._transfer()
+                return
+        self._post(self.machine.bot_finished(time.monotonic()))
+
+    def _remember_reply(self, turn: BotTurn, heard: HeardText, *, interrupted: bool) -> None:
+        interrupted = interrupted or heard.interrupted
+        if heard.text:
+            content = heard.text + (INTERRUPTED_SUFFIX if interrupted else "")
+            self.history.append({"role": "assistant", "content": content})
+        self.transcript.write("assistant", text=heard.text, interrupted=interrupted, gen=turn.gen)
+        self._publish({"type": "assistant", "text": heard.text, "interrupted": interrupted})
+
+    def _log_turn(self, turn: BotTurn, result: TurnResult) -> None:
+        self.turns_completed += 1
+        t = result.timing
+        latency = t.relative_ms()
+        hops = {
+            "stt_final_to_llm_request": _gap(t.stt_final, t.llm_request),
+            "segment_to_tts_request": _gap(t.first_segment, t.tts_request),
+            "tts_first_byte_to_media": _gap(t.tts_first_byte, t.first_media),
+        }
+        for hop, seconds in hops.items():
+            if seconds is not None:
+                self.metrics.server_hop.labels(hop).observe(seconds)
+        if t.speech_end is not None:
+            for stage, ms in latency.items():
+                self.metrics.turn_stage.labels(stage).observe(ms / 1000)
+        if t.llm_request is not None:
+            self.transcript.write("turn", gen=turn.gen, latency_ms=latency)
+            self._publish({"type": "turn", "latency_ms": latency})
+        log.info(
+            "turn_completed",
+            gen=turn.gen,
+            latency_ms=latency,
+            server_hops_ms={k: round(v * 1000, 2) for k, v in hops.items() if v is not None},
+            chars=len(result.spoken_text),
+            failures=result.provider_failures or None,
+        )
+
+    # --- ending ------------------------------------------------------------------------------------------------
+
+    async def _say(self, text: str) -> None:
+        """Play a fixed phrase to the end (non-interruptible), inside the current task."""
+        turn = BotTurn(
+            self._next_gen(), self.out, tts=self.services.tts, fixed=(text, self.services.phrases.cached(text))
+        )
+        self._turn = turn
+        self.machine.bot_started(time.monotonic(), interruptible=False)
+        result = await turn.run()
+        self._remember_reply(turn, result.heard, interrupted=False)
+
+    async def _end_call(self, reason: str, *, say_goodbye: bool) -> None:
+        if self._ending:
+            return
+        self._ending = True
+        if self._turn_task is not None and self._turn_task is not asyncio.current_task():
+            await self._cancel_turn("ending")
+        if say_goodbye:
+            await self._say(self.settings.goodbye)
+        self.machine.ended()
+        await self._hang_up(reason)
+
+    async def _apologise_and_hang_up(self, reason: str) -> None:
+        if self._ending:
+            return
+        self._ending = True
+        if self._turn_task is not None:
+            await self._cancel_turn("ending")
+        if self.services.phrases.cached(self.settings.apology) is not None:
+            await self._say(self.settings.apology)
+        self.machine.ended()
+        await self._hang_up(reason)
+
+    async def _transfer(self) -> None:
+        self._ending = True
+        await self._say(TRANSFER_TEXT)
+        self.machine.ended()
+        telephony = self.services.telephony
+        if telephony is not None:
+            try:
+                async with asyncio.timeout(HANG_UP_TIMEOUT_S):
+                    await telephony.redirect(self.call_sid, twiml.dial(self.settings.transfer_number))
+                self.transcript.write("transfer", to=self.settings.transfer_number)
+                raise CallEnded("transferred")
+            except (ProviderError, TimeoutError) as exc:
+                log.error("transfer_failed", error=str(exc))
+        await self._hang_up("transfer_failed")
+
+    async def _hang_up(self, reason: str) -> None:
+        """End the call through the REST API (closing the socket alone leaves a <Connect> call hanging)."""
+        telephony = self.services.telephony
+        if telephony is not None:
+            try:
+                async with asyncio.timeout(HANG_UP_TIMEOUT_S):
+                    ended_now = await telephony.hang_up(self.call_sid)
+                log.info("call_hung_up", reason=reason, already_ended=not ended_now)
+            except (ProviderError, TimeoutError) as exc:
+                log.error("hang_up_failed", error=str(exc), effect="closing the stream instead")
+        self.transcript.write("hang_up", reason=reason)
+        raise CallEnded(reason)
+
+
+def _gap(start: float | None, end: float | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return max(0.0, end - start)

@@ -1,0 +1,144 @@
+"""Provider clients shared by every call of one process, created at startup and closed at shutdown.
+
+Shared clients keep their HTTP connections alive between turns (``KEEPALIVE_S``), so a turn does not pay a new
+TCP and TLS handshake; the fixed-phrase warm-up at startup opens the first TTS connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import httpx
+import httpx2
+import openai
+from aiohttp import web
+from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
+
+from voicebot.logs import get_logger
+from voicebot.phrases import PhraseCache
+from voicebot.providers.base import LanguageModel, SpeechToText, Telephony, TextToSpeech
+from voicebot.providers.deepgram_stt import DeepgramStt
+from voicebot.providers.deepgram_tts import DeepgramTts
+from voicebot.providers.openai_llm import OpenAiChat
+from voicebot.providers.twilio_rest import TwilioRest
+from voicebot.settings import Settings
+
+log = get_logger("voicebot.services")
+
+KEEPALIVE_S = 120.0
+CONNECT_TIMEOUT_S = 3.0
+LLM_READ_TIMEOUT_S = 10.0
+TTS_READ_TIMEOUT_S = 10.0
+LLM_MAX_RETRIES = 1
+"""One retry before the stream starts (429 honouring retry-after, 5xx, connection errors); the turn's own
+first-token deadline bounds the total wait."""
+DEFAULT_SYSTEM_PROMPT = "You are a friendly, concise phone assistant. Answer in one to three short sentences."
+
+
+@dataclass
+class Services:
+    stt: SpeechToText
+    llm: LanguageModel
+    tts: TextToSpeech
+    telephony: Telephony | None
+    phrases: PhraseCache
+    system_prompt: str
+
+
+def load_prompt(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        log.warning("system_prompt_missing", path=str(path))
+        return DEFAULT_SYSTEM_PROMPT
+    return text or DEFAULT_SYSTEM_PROMPT
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+def services_context(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
+    """An aiohttp cleanup context that owns the clients for the application's lifetime."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        if settings.missing():
+            log.warning("providers_not_configured", missing=settings.missing())
+            yield
+            return
+        assert settings.deepgram_api_key is not None
+        assert settings.openai_api_key is not None
+        dg_http = httpx.AsyncClient(
+            timeout=httpx.Timeout(TTS_READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+            limits=httpx.Limits(max_keepalive_connections=50, keepalive_expiry=KEEPALIVE_S),
+        )
+        deepgram = AsyncDeepgramClient(
+            api_key=settings.deepgram_api_key.get_secret_value(),
+            environment=DeepgramClientEnvironment(
+                base=settings.deepgram_base_url,
+                production=settings.deepgram_ws_url,
+                agent=settings.deepgram_ws_url,
+                agent_rest=settings.deepgram_base_url,
+            ),
+            httpx_client=dg_http,
+        )
+        oa_http = openai.DefaultAsyncHttpxClient(
+            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=KEEPALIVE_S)
+        )
+        llm_client = openai.AsyncOpenAI(
+            api_key=settings.openai_api_key.get_secret_value(),
+            base_url=settings.openai_base_url,
+            timeout=openai.Timeout(LLM_READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+            max_retries=LLM_MAX_RETRIES,
+            http_client=oa_http,
+        )
+        http = aiohttp.ClientSession()
+        telephony: Telephony | None = None
+        if settings.twilio_account_sid and settings.twilio_auth_token is not None:
+            telephony = TwilioRest(
+                http,
+                base_url=settings.twilio_api_base_url,
+                account_sid=settings.twilio_account_sid,
+                auth_token=settings.twilio_auth_token.get_secret_value(),
+            )
+        else:
+            log.warning("twilio_rest_not_configured", effect="calls end by closing the stream, not via the REST API")
+        tts = DeepgramTts(deepgram, model=settings.deepgram_tts_model)
+        phrases = PhraseCache(tts)
+        app[SERVICES] = Services(
+            stt=DeepgramStt(
+                deepgram,
+                model=settings.deepgram_stt_model,
+                language=settings.deepgram_language,
+                endpointing_ms=settings.deepgram_endpointing_ms,
+                utterance_end_ms=settings.deepgram_utterance_end_ms,
+            ),
+            llm=OpenAiChat(
+                llm_client,
+                model=settings.openai_model,
+                temperature=settings.openai_temperature,
+                max_tokens=settings.openai_max_tokens,
+            ),
+            tts=tts,
+            telephony=telephony,
+            phrases=phrases,
+            system_prompt=load_prompt(settings.prompt_file),
+        )
+        fixed = [settings.greeting, settings.apology, settings.idle_prompt, settings.goodbye, TRANSFER_TEXT]
+        warmup = asyncio.create_task(phrases.warm(fixed), name="phrase-warmup")
+        try:
+            yield
+        finally:
+            warmup.cancel()
+            await asyncio.gather(warmup, return_exceptions=True)
+            await llm_client.close()
+            await dg_http.aclose()
+            await http.close()
+
+    return context
+
+
+TRANSFER_TEXT = "One moment, I'm transferring your call."
