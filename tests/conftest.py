@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiohttp import web
@@ -11,8 +13,13 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
+from voicebot.emulators import EmulatorConfig, Emulators, running_emulators
 from voicebot.server import STATE, AppState, create_app
+from voicebot.services import SERVICES
 from voicebot.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.world import World
 
 # The machines are noisy (2 cores shared with emulators and helpers): no per-example deadline, no speed health check.
 hypothesis_settings.register_profile("voicebot", deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -81,3 +88,36 @@ async def start_server() -> AsyncIterator[ServerFactory]:
     yield factory
     for server in servers:
         await server.close()
+
+
+WARMUP_TIMEOUT_S = 10.0
+
+
+@pytest.fixture
+async def emulators() -> AsyncIterator[Emulators]:
+    async with running_emulators(EmulatorConfig.fast()) as emu:
+        yield emu
+
+
+@pytest.fixture
+async def start_world(
+    emulators: Emulators, start_server: ServerFactory, tmp_path: Path
+) -> Callable[..., Awaitable[World]]:
+    async def factory(**overrides: Any) -> World:
+        settings: dict[str, Any] = {
+            "deepgram_base_url": emulators.base_url,
+            "openai_base_url": emulators.base_url + "/v1",
+            "twilio_api_base_url": emulators.base_url,
+            "transcript_dir": tmp_path / "transcripts",
+            "idle_timeout_s": 30.0,
+        }
+        settings.update(overrides)
+        server = await start_server(**settings)
+        from tests.world import World  # here: tests.world imports this module
+
+        world = World(emulators, server, tmp_path / "transcripts")
+        async with asyncio.timeout(WARMUP_TIMEOUT_S):
+            await server.app[SERVICES].phrases.warmed.wait()
+        return world
+
+    return factory

@@ -323,16 +323,24 @@ class BotTurn:
     # --- sending: the one writer of this turn ------------------------------------------------------------------
 
     async def _send(self) -> None:
-        while not self._done_playing.is_set():
-            await self._wake.wait()
-            self._wake.clear()
+        while True:
+            self._wake.clear()  # before looking at the state, so a wake-up during the flush is not lost
             if not self.paused:
                 await self._flush()
-            if self._assembled and not self.paused and self._all_sent():
-                await self._await_final_mark()
-                if self._is_paused():
-                    continue  # cut while waiting: wait for resume (or for the session to cancel the turn)
+            if self._done_playing.is_set():
                 return
+            if not self._is_paused() and self._assembled and self._all_sent():
+                # Everything is out: wait for the final mark (or a rewind after a false barge-in).
+                remaining_s = max(0, len(self.timeline) - self.played) / BYTES_PER_SECOND
+                try:
+                    async with asyncio.timeout(remaining_s + FINAL_MARK_GRACE_S):
+                        await self._wake.wait()
+                except TimeoutError:
+                    log.warning("final_mark_missing", gen=self.gen, waited_s=round(remaining_s + FINAL_MARK_GRACE_S, 1))
+                    self._done_playing.set()
+                    return
+            else:
+                await self._wake.wait()
 
     def _is_paused(self) -> bool:
         # A method, not the attribute: the flag changes across awaits, which type narrowing cannot see.
@@ -388,14 +396,3 @@ class BotTurn:
                 break
             position = span.turn_start + min(ledger_position - span.ledger_start, span.length)
         return max(position, self.played)
-
-    async def _await_final_mark(self) -> None:
-        remaining_s = max(0, len(self.timeline) - self.played) / BYTES_PER_SECOND
-        try:
-            async with asyncio.timeout(remaining_s + FINAL_MARK_GRACE_S):
-                while not self._done_playing.is_set() and not self.paused:
-                    await self._wake.wait()
-                    self._wake.clear()
-        except TimeoutError:
-            log.warning("final_mark_missing", gen=self.gen, waited_s=round(remaining_s + FINAL_MARK_GRACE_S, 1))
-            self._done_playing.set()

@@ -23,6 +23,8 @@ class PhraseCache:
         self._tts = tts
         self._audio: dict[str, bytes] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.warmed = asyncio.Event()
+        """Set once the startup warm-up has finished (whether or not every phrase could be synthesised)."""
 
     def cached(self, text: str) -> bytes | None:
         return self._audio.get(text)
@@ -42,11 +44,14 @@ class PhraseCache:
 
     async def warm(self, texts: Iterable[str]) -> None:
         """Synthesise every phrase; failures are logged and retried lazily on first use."""
-        for text in dict.fromkeys(t for t in texts if t):
-            try:
-                await self.get(text)
-            except ProviderError as exc:
-                log.warning("phrase_warmup_failed", error=str(exc), chars=len(text))
+        try:
+            for text in dict.fromkeys(t for t in texts if t):
+                try:
+                    await self.get(text)
+                except (ProviderError, TimeoutError) as exc:
+                    log.warning("phrase_warmup_failed", error=str(exc) or "timed out", chars=len(text))
+        finally:
+            self.warmed.set()
 
     async def _synthesize(self, text: str) -> bytes:
         buffer = bytearray()

@@ -1,0 +1,233 @@
+"""The conversation end to end: real server, real deepgram-sdk and openai clients, emulated providers, and a
+simulated caller on real sockets. Assertions are on bytes, orderings and counts, never on speed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from tests.world import World, audio_of, segments_of
+from voicebot.caller import CallResult, Dtmf, HangUp, Say, SayWhileBotSpeaks, WaitForBotAudio, WaitForBotSilence
+from voicebot.caller.script import Step
+from voicebot.emulators import Emulators, LlmReply, ToolCall
+
+GREETING_FIRST_AUDIO_BOUND_S = 0.5
+"""Generous (CI is noisy): the greeting comes from memory, so in practice it is a few milliseconds."""
+WAIT_S = 15.0
+
+FOUR_SENTENCES = (
+    "Our opening hours are nine to six on every weekday. "
+    "On Saturdays we open a little later, at ten in the morning. "
+    "Sundays and public holidays we stay closed all day long. "
+    "You can always leave a message and we will call you back."
+)
+LONG_REPLY = (
+    "Let me explain everything about our pricing plans in detail for you. "
+    "The basic plan costs ten dollars a month and covers one phone line. "
+    "The business plan costs thirty dollars and includes five lines and voicemail. "
+    "The enterprise plan is priced per seat and comes with a dedicated account manager."
+)
+
+MEDIUM_REPLY = "Let me explain our pricing plans for you. The basic plan costs ten dollars a month and covers one line."
+
+
+def greeting_steps() -> list[Step]:
+    return [WaitForBotAudio(WAIT_S), WaitForBotSilence(WAIT_S, quiet_ms=400)]
+
+
+def reply_media(result: CallResult, greeting: bytes) -> tuple[bytes, list[bytes]]:
+    """Epoch-0 audio after the greeting, and the audio of each later clear epoch."""
+    epochs: dict[int, bytearray] = {}
+    for media in result.media:
+        epochs.setdefault(media.epoch, bytearray()).extend(media.payload)
+    first = bytes(epochs.pop(0, b""))
+    assert first.startswith(greeting), "the greeting must come first"
+    return first[len(greeting) :], [bytes(epochs[k]) for k in sorted(epochs)]
+
+
+def llm_messages(emu: Emulators, index: int) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = emu.llm.requests[index].data["messages"]
+    return messages
+
+
+async def test_greeting_is_the_first_audio_and_comes_from_the_cache(start_world: Any) -> None:
+    world: World = await start_world()
+    tts_requests_before = len(world.emu.select("tts", "request"))
+    result = await world.call([*greeting_steps(), HangUp()])
+    assert result.ok, result.format_timeline()
+    greeting = audio_of(world.server.settings.greeting)
+    assert b"".join(m.payload for m in result.media) == greeting
+    # Cached at startup: the call itself made no TTS request.
+    assert len(world.emu.select("tts", "request")) == tts_requests_before
+    start_sent = result.first("start_sent")
+    assert start_sent is not None
+    assert result.media[0].t >= start_sent.t
+    assert result.media[0].t - start_sent.t < GREETING_FIRST_AUDIO_BOUND_S
+
+
+async def test_reply_is_played_in_text_order_even_when_the_first_segment_is_slowest(start_world: Any) -> None:
+    world: World = await start_world()
+    segments = segments_of(FOUR_SENTENCES)
+    assert len(segments) == 4, segments
+    world.emu.stt.script.append("When are you open?")
+    world.emu.llm.script.append(FOUR_SENTENCES)
+    world.emu.tts.config.ttfb_overrides = {segments[0][:30]: 600.0}
+    result = await world.call(
+        [*greeting_steps(), Say("hours"), WaitForBotAudio(WAIT_S), WaitForBotSilence(WAIT_S, quiet_ms=800), HangUp()]
+    )
+    assert result.ok, result.format_timeline()
+    reply, later = reply_media(result, audio_of(world.server.settings.greeting))
+    assert later == []
+    # Exactly the TTS outputs, in text order, nothing interleaved, the whole reply covered.
+    assert reply == b"".join(audio_of(s) for s in segments)
+    # And synthesis really ran in parallel: segments 2-4 were requested before segment 1's first byte.
+    requests = {e.data["text"]: e for e in world.emu.select("tts", "request")}
+    first_id = requests[segments[0]].data["request_id"]
+    first_byte = next(e.t for e in world.emu.select("tts", "first_byte") if e.data["request_id"] == first_id)
+    assert all(requests[s].t < first_byte for s in segments[1:])
+
+
+async def test_barge_in_clears_cancels_and_keeps_only_what_was_heard(start_world: Any) -> None:
+    world: World = await start_world()
+    emu = world.emu
+    emu.stt.script.extend(["Tell me about your pricing.", "Wait, stop, I have a different question."])
+    emu.llm.script.extend([LONG_REPLY, "Of course, what is your question?"])
+    emu.llm.config.tokens_per_second = 10.0  # the reply is still streaming when the caller cuts in
+    emu.tts.config.bytes_per_second = 8000.0  # synthesis in real time: a request is in flight at the cut
+    result = await world.call(
+        [
+            *greeting_steps(),
+            Say("hours"),
+            WaitForBotAudio(WAIT_S),
+            # The "question" clip: one breath, so the recogniser hears a single utterance.
+            SayWhileBotSpeaks("question", after_ms=1500),
+            WaitForBotAudio(WAIT_S),
+            WaitForBotSilence(WAIT_S, quiet_ms=800),
+            HangUp(),
+        ]
+    )
+    assert result.ok, result.format_timeline()
+    assert len(result.events_of("clear_received")) == 1
+    # After the clear, only the new reply's bytes: nothing of the interrupted one.
+    _, after_clear = reply_media(result, audio_of(world.server.settings.greeting))
+    second = "Of course, what is your question?"
+    assert after_clear == [b"".join(audio_of(s) for s in segments_of(second))]
+    # The old LLM stream and the TTS request in flight were aborted at the provider.
+    first_llm = emu.llm.requests[0]
+    assert any(e.t > first_llm.t for e in emu.select("llm", "abort"))
+    assert emu.select("tts", "abort")
+    # The next request's history holds only the heard prefix, then the new words.
+    messages = llm_messages(emu, 1)
+    assert messages[-1] == {"role": "user", "content": "Wait, stop, I have a different question."}
+    heard = messages[-2]
+    assert heard["role"] == "assistant"
+    assert heard["content"].endswith(" —")
+    heard_text = heard["content"].removesuffix(" —")
+    assert heard_text
+    assert LONG_REPLY.startswith(heard_text)
+    assert len(heard_text) < len(segments_of(LONG_REPLY)[0])  # cut inside the first segment
+    assert LONG_REPLY[len(heard_text)] == " "  # snapped to a whole word
+
+
+async def test_backchannel_resumes_the_reply_without_asking_the_model(start_world: Any) -> None:
+    world: World = await start_world()
+    emu = world.emu
+    emu.stt.script.extend(["Tell me about your pricing.", "uh-huh"])
+    emu.llm.script.append(MEDIUM_REPLY)
+    result = await world.call(
+        [
+            *greeting_steps(),
+            Say("question"),
+            WaitForBotAudio(WAIT_S),
+            SayWhileBotSpeaks("uh_huh", after_ms=1200),
+            WaitForBotAudio(WAIT_S),
+            WaitForBotSilence(WAIT_S, quiet_ms=1500),
+            HangUp(),
+        ],
+        timeout=40,
+    )
+    assert result.ok, result.format_timeline()
+    clears = result.events_of("clear_received")
+    assert len(clears) == 1
+    assert len(emu.llm.requests) == 1, "no LLM request for a backchannel"
+    full = b"".join(audio_of(s) for s in segments_of(MEDIUM_REPLY))
+    before, after = reply_media(result, audio_of(world.server.settings.greeting))
+    dropped = int(clears[0].detail.split()[1])
+    played_before = len(before) - dropped
+    assert full.startswith(before)
+    assert len(after) == 1
+    resumed = after[0]
+    # Resumed from the last played mark: the rest of the reply, starting no later than where the cut was.
+    assert full.endswith(resumed)
+    assert len(full) - len(resumed) <= played_before
+    # Every byte was eventually heard: nothing of the resumed audio was dropped.
+    assert result.bytes_dropped == dropped
+
+
+async def test_hang_up_only_after_the_goodbye_has_played(start_world: Any) -> None:
+    world: World = await start_world()
+    emu = world.emu
+    emu.stt.script.append("Thanks, goodbye.")
+    emu.llm.script.append(LlmReply(tool_calls=(ToolCall("end_call", {"reason": "caller said goodbye"}),)))
+    result = await world.call([*greeting_steps(), Say("goodbye")])
+    assert result.ended_by == "server_closed", result.format_timeline()
+    goodbye = audio_of(world.server.settings.goodbye)
+    reply, later = reply_media(result, audio_of(world.server.settings.greeting))
+    assert reply == goodbye
+    assert later == []
+    updates = emu.twilio.updates
+    assert len(updates) == 1
+    assert updates[0].data["form"] == {"Status": "completed"}
+    assert updates[0].data["call_sid"] == result.call_sid
+    last_echo = result.events_of("mark_echoed")[-1]
+    assert updates[0].t >= last_echo.t
+    assert result.bytes_dropped == 0
+
+
+async def test_idle_caller_is_reprompted_then_hung_up(start_world: Any) -> None:
+    world: World = await start_world(idle_timeout_s=0.5, idle_reprompts=1)
+    result = await world.call([])
+    assert result.ended_by == "server_closed", result.format_timeline()
+    settings = world.server.settings
+    expected = audio_of(settings.greeting) + audio_of(settings.idle_prompt) + audio_of(settings.goodbye)
+    assert b"".join(m.payload for m in result.media) == expected
+    assert len(world.emu.twilio.updates) == 1
+    assert not world.emu.llm.requests
+
+
+async def test_dtmf_digits_reach_the_model(start_world: Any) -> None:
+    world: World = await start_world()
+    world.emu.llm.script.append("You pressed four two.")
+    result = await world.call(
+        [
+            *greeting_steps(),
+            Dtmf("4"),
+            Dtmf("2"),
+            Dtmf("#"),
+            WaitForBotAudio(WAIT_S),
+            WaitForBotSilence(WAIT_S, quiet_ms=500),
+            HangUp(),
+        ]
+    )
+    assert result.ok, result.format_timeline()
+    last_user = llm_messages(world.emu, 0)[-1]
+    assert last_user["role"] == "user"
+    assert "42" in last_user["content"]
+
+
+async def test_transcript_file_holds_what_was_said_and_heard(start_world: Any) -> None:
+    world: World = await start_world()
+    world.emu.stt.script.append("When are you open?")
+    world.emu.llm.script.append("We are open from nine to six.")
+    result = await world.call(
+        [*greeting_steps(), Say("hours"), WaitForBotAudio(WAIT_S), WaitForBotSilence(WAIT_S, quiet_ms=500), HangUp()]
+    )
+    assert result.ok, result.format_timeline()
+    lines = [orjson.loads(line) for line in (world.transcripts / f"{result.call_sid}.jsonl").read_bytes().splitlines()]
+    kinds: Sequence[str] = [line["kind"] for line in lines]
+    assert kinds == ["assistant", "user", "assistant", "turn"]
+    assert lines[1]["text"] == "When are you open?"
+    assert lines[2] == {**lines[2], "text": "We are open from nine to six.", "interrupted": False}
+    assert set(lines[3]["latency_ms"]) >= {"stt_final", "llm_request", "first_token", "tts_first_byte", "first_media"}
