@@ -3,6 +3,7 @@ simulated caller on real sockets. Assertions are on bytes, orderings and counts,
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ from voicebot.emulators import Emulators, LlmReply, ToolCall
 GREETING_FIRST_AUDIO_BOUND_S = 0.5
 """Generous (CI is noisy): the greeting comes from memory, so in practice it is a few milliseconds."""
 WAIT_S = 15.0
+CALL_S = 30.0
 
 FOUR_SENTENCES = (
     "Our opening hours are nine to six on every weekday. "
@@ -231,3 +233,25 @@ async def test_transcript_file_holds_what_was_said_and_heard(start_world: Any) -
     assert lines[1]["text"] == "When are you open?"
     assert lines[2] == {**lines[2], "text": "We are open from nine to six.", "interrupted": False}
     assert set(lines[3]["latency_ms"]) >= {"stt_final", "llm_request", "first_token", "tts_first_byte", "first_media"}
+
+
+async def test_shutdown_drains_then_says_goodbye_and_closes_with_1001(start_world: Any) -> None:
+    world: World = await start_world(drain_timeout_s=0.3)
+    world.emu.stt.script.append("When are you open?")
+    world.emu.llm.script.append("We are open from nine to six.")
+    caller = world.caller([*greeting_steps(), Say("hours"), WaitForBotAudio(WAIT_S), WaitForBotSilence(WAIT_S)])
+    call = asyncio.ensure_future(caller.run(timeout=CALL_S))
+    await caller.wait_for("bot_audio_start", WAIT_S, count=2)  # the reply is playing
+    await caller.wait_for("bot_audio_stop", WAIT_S, count=2)
+    runner = world.server.server.runner
+    assert runner is not None
+    await runner.shutdown()  # what SIGTERM does: stop taking calls, drain, then end the rest
+    result = await call
+    assert result.close_code == 1001, result.format_timeline()
+    settings = world.server.settings
+    reply, _ = reply_media(result, audio_of(settings.greeting))
+    assert reply.endswith(audio_of(settings.goodbye))
+    assert world.emu.twilio.updates[-1].data["form"] == {"Status": "completed"}
+    lines = [orjson.loads(line) for line in (world.transcripts / f"{result.call_sid}.jsonl").read_bytes().splitlines()]
+    assert [line["kind"] for line in lines][-2:] == ["assistant", "hang_up"]
+    assert lines[-1]["reason"] == "server_shutdown"

@@ -51,6 +51,10 @@ CONTROL_QUEUE_SIZE = 256
 KEEPALIVE_INTERVAL_S = 4.0
 STT_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
 STT_MAX_FAILURES = 5
+STT_STALL_S = 3.0
+"""Local VAD has heard speech for this long with no message at all from the recogniser: the stream is stuck."""
+STT_WATCHDOG_PERIOD_S = 0.5
+SHUTDOWN_GOODBYE_TIMEOUT_S = 10.0
 HANG_UP_TIMEOUT_S = 10.0
 INTERRUPTED_SUFFIX = " —"
 """Appended to an interrupted reply in the model's history: the caller stopped hearing it there."""
@@ -169,6 +173,7 @@ class Conversation:
         self._audio: asyncio.Queue[bytes] = asyncio.Queue(STT_AUDIO_QUEUE_FRAMES)
         self._replay: deque[bytes] = deque(maxlen=STT_REPLAY_FRAMES)
         self._stt: SttStream | None = None
+        self._stt_silent_since: float | None = None  # first VAD speech frame not yet answered by any STT message
         self._tg: asyncio.TaskGroup | None = None
         self._ending = False
         self.turns_completed = 0
@@ -218,6 +223,8 @@ class Conversation:
         self._replay.append(payload)
         actions: list[Action] = []
         for speech in self.vad.frames(payload):
+            if speech and self._stt_silent_since is None:
+                self._stt_silent_since = now
             if speech and not self._vad_speaking:
                 self._speech_onset = now
             self._vad_speaking = speech
@@ -263,9 +270,11 @@ class Conversation:
         try:
             async with self.services.stt.connect() as stream, asyncio.TaskGroup() as tg:
                 self._stt = stream
+                self._stt_silent_since = None
                 for frame in list(self._replay):  # audio since the last final, so nothing said is lost
                     await stream.send_audio(frame)
                 tg.create_task(self._pump_audio(stream), name="stt-send")
+                tg.create_task(self._stt_watchdog(), name="stt-watchdog")
                 async for event in stream.events():
                     self._on_stt(event, time.monotonic())
         except* ProviderError as group:
@@ -273,6 +282,15 @@ class Conversation:
         finally:
             self._stt = None
         return failure
+
+    async def _stt_watchdog(self) -> None:
+        """Deepgram answers speech within about a second; a stream that stays silent through speech is stuck."""
+        while True:
+            await asyncio.sleep(STT_WATCHDOG_PERIOD_S)
+            since = self._stt_silent_since
+            if since is not None and time.monotonic() - since > STT_STALL_S:
+                self.metrics.provider_errors.labels("deepgram_stt", "stalled").inc()
+                raise ProviderError("deepgram_stt", f"no result for {STT_STALL_S:.0f} s of speech", transient=True)
 
     async def _pump_audio(self, stream: SttStream) -> None:
         while True:
@@ -285,6 +303,7 @@ class Conversation:
             await stream.send_audio(frame)
 
     def _on_stt(self, event: SttEvent, now: float) -> None:
+        self._stt_silent_since = None
         match event:
             case Transcript():
                 if event.is_final:
@@ -456,7 +475,12 @@ class Conversation:
             for stage, ms in latency.items():
                 self.metrics.turn_stage.labels(stage).observe(ms / 1000)
         if t.llm_request is not None:
-            self.transcript.write("turn", gen=turn.gen, latency_ms=latency)
+            self.transcript.write(
+                "turn",
+                gen=turn.gen,
+                latency_ms=latency,
+                server_hops_ms={k: round(v * 1000, 3) for k, v in hops.items() if v is not None},
+            )
             self._publish({"type": "turn", "latency_ms": latency})
         log.info(
             "turn_completed",
@@ -501,6 +525,21 @@ class Conversation:
         self.machine.ended()
         await self._hang_up(reason)
 
+    async def shut_down(self) -> None:
+        """Server shutdown: stop what is playing, say goodbye, hang up; the socket then closes with 1001."""
+        if self._ending:
+            return
+        self._ending = True
+        try:
+            async with asyncio.timeout(SHUTDOWN_GOODBYE_TIMEOUT_S):
+                if self._turn_task is not None:
+                    await self._cancel_turn("shutdown")
+                await self._say(self.settings.goodbye)
+        except TimeoutError:
+            log.warning("shutdown_goodbye_timed_out")
+        self.machine.ended()
+        await self._hang_up("server_shutdown", code=1001)
+
     async def _transfer(self) -> None:
         self._ending = True
         await self._say(TRANSFER_TEXT)
@@ -516,7 +555,7 @@ class Conversation:
                 log.error("transfer_failed", error=str(exc))
         await self._hang_up("transfer_failed")
 
-    async def _hang_up(self, reason: str) -> None:
+    async def _hang_up(self, reason: str, code: int = 1000) -> None:
         """End the call through the REST API (closing the socket alone leaves a <Connect> call hanging)."""
         telephony = self.services.telephony
         if telephony is not None:
@@ -527,7 +566,7 @@ class Conversation:
             except (ProviderError, TimeoutError) as exc:
                 log.error("hang_up_failed", error=str(exc), effect="closing the stream instead")
         self.transcript.write("hang_up", reason=reason)
-        raise CallEnded(reason)
+        raise CallEnded(reason, code)
 
 
 def _gap(start: float | None, end: float | None) -> float | None:

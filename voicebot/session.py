@@ -66,6 +66,9 @@ class CallSession:
                 duration_s=round(time.monotonic() - started_at, 3),
                 media_frames=self.media_frames,
                 protocol_errors=self.protocol_errors,
+                turns=self.conversation.turns_completed if self.conversation else 0,
+                barge_ins=self.conversation.barge_ins if self.conversation else 0,
+                stale_audio_dropped=self.conversation.out.dropped_stale if self.conversation else 0,
             )
         finally:
             self.finished.set()
@@ -190,6 +193,8 @@ class CallSession:
 
     async def _shutdown_watch(self) -> None:
         await self._shutdown_requested.wait()
+        if self.conversation is not None:
+            await self.conversation.shut_down()  # the goodbye, then CallEnded with 1001
         raise CallEnded("server_shutdown", WSCloseCode.GOING_AWAY)
 
     # --- events, handed to the conversation ---
