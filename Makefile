@@ -41,5 +41,9 @@ pytest: $(STAMP_DEV)
 emulators: $(STAMP_RUN)
 	$(BIN)/python -m voicebot.emulators --port 8090
 
+## A scripted call against the emulated providers: timeline, latency table, barge-in timing.
+demo: $(STAMP_RUN)
+	$(BIN)/python scripts/demo.py $(ARGS)
+
 clean:
 	rm -rf $(VENV) *.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -48,6 +48,12 @@ class Metrics:
         self.protocol_errors = Counter(
             "voicebot_protocol_errors", "Malformed or unexpected Twilio messages", ["kind"], registry=self.registry
         )
+        self.loop_lag = Histogram(
+            "voicebot_event_loop_lag_seconds",
+            "How late the event loop ran a timer due every LOOP_LAG_PERIOD_S (a busy loop delays every call)",
+            buckets=_HOP_BUCKETS,
+            registry=self.registry,
+        )
         for reason in get_args(RejectReason):
             self.calls_rejected.labels(reason)
 
