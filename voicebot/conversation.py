@@ -139,12 +139,16 @@ class Conversation:
         services: Services,
         metrics: Metrics,
         publish: EventSink | None = None,
+        *,
+        rest_hang_up: bool = True,
     ) -> None:
         self.settings = settings
         self.services = services
         self.metrics = metrics
         self.call_sid = start.call_sid
         self._publish_sink = publish
+        # A call from the dev page has no Twilio call behind it: it ends by closing the socket.
+        self._telephony = services.telephony if rest_hang_up else None
         self.ledger = PlayoutLedger()
         self.out = CallAudioOut(ws, start.stream_sid, self.ledger, settings.send_stall_timeout_s)
         self.machine = TurnTaking(
@@ -544,7 +548,7 @@ class Conversation:
         self._ending = True
         await self._say(TRANSFER_TEXT)
         self.machine.ended()
-        telephony = self.services.telephony
+        telephony = self._telephony
         if telephony is not None:
             try:
                 async with asyncio.timeout(HANG_UP_TIMEOUT_S):
@@ -557,7 +561,7 @@ class Conversation:
 
     async def _hang_up(self, reason: str, code: int = 1000) -> None:
         """End the call through the REST API (closing the socket alone leaves a <Connect> call hanging)."""
-        telephony = self.services.telephony
+        telephony = self._telephony
         if telephony is not None:
             try:
                 async with asyncio.timeout(HANG_UP_TIMEOUT_S):

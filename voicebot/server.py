@@ -14,6 +14,7 @@ import orjson
 from aiohttp import WSCloseCode, web
 
 from voicebot import twiml
+from voicebot.devpage import DEV_HUB, CallEventHub, add_dev_routes, dev_page_enabled
 from voicebot.logs import get_logger
 from voicebot.metrics import Metrics
 from voicebot.security import StreamTokens, validate_twilio_signature
@@ -40,6 +41,8 @@ class AppState:
     sessions: set[CallSession] = field(default_factory=set)
     draining: bool = False
     listeners: list[Callable[[str, dict[str, Any]], None]] = field(default_factory=list)
+    is_dev_call: Callable[[str], bool] = lambda _call_sid: False
+    """True for a call placed from the dev page: no Twilio call exists, so it ends by closing the socket."""
 
     def publish(self, call_sid: str, event: dict[str, Any]) -> None:
         """Hand a call event to the dev page's event stream (if any listens)."""
@@ -131,6 +134,8 @@ async def media(request: web.Request) -> web.StreamResponse:
     finally:
         state.sessions.discard(session)
         state.metrics.active_calls.dec()
+        if session.start is not None:
+            state.publish(session.start.call_sid, {"type": "call_ended", "reason": session.end_reason or "crashed"})
     return ws
 
 
@@ -191,6 +196,13 @@ def create_app(settings: Settings) -> web.Application:
     """Build the application."""
     app = web.Application(client_max_size=MAX_WEBHOOK_BYTES)
     app[STATE] = AppState(settings=settings, metrics=Metrics(), tokens=StreamTokens(token_secret(settings)))
+    state = app[STATE]
+    hub = CallEventHub()
+    app[DEV_HUB] = hub
+    state.listeners.append(hub.publish)
+    state.is_dev_call = hub.is_dev_call
+    if dev_page_enabled(settings):
+        add_dev_routes(app, hub)
     app.router.add_post("/voice", voice)
     app.router.add_get("/media", media)
     app.router.add_get("/healthz", healthz)

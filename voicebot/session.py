@@ -83,7 +83,13 @@ class CallSession:
             async with asyncio.TaskGroup() as tg:
                 if self.services is not None and self.start is not None:
                     self.conversation = Conversation(
-                        self.ws, self.start, self.settings, self.services, self.state.metrics, self.state.publish
+                        self.ws,
+                        self.start,
+                        self.settings,
+                        self.services,
+                        self.state.metrics,
+                        self.state.publish,
+                        rest_hang_up=not self.state.is_dev_call(self.start.call_sid),
                     )
                     tg.create_task(self.conversation.run(), name="conversation")
                 tg.create_task(self._receive_loop())

@@ -45,6 +45,7 @@ class Settings(BaseModel):
     token_secret: SecretStr | None = None
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    dev_page: bool | None = None
     # limits
     max_calls: int = Field(200, ge=1)
     max_message_bytes: int = Field(64 * 1024, ge=1024)
