@@ -38,7 +38,8 @@ MAX_MEDIA_BYTES = BYTES_PER_SECOND
 TTS_FIRST_BYTE_TIMEOUT_S = 3.0
 TTS_CHUNK_TIMEOUT_S = 3.0
 TTS_RETRIES = 1
-LLM_FIRST_TOKEN_TIMEOUT_S = 8.0
+LLM_FIRST_TOKEN_TIMEOUT_S = 6.0
+"""Includes the SDK's one retry of a 429/5xx; past it the caller hears the cached apology rather than silence."""
 LLM_TOKEN_TIMEOUT_S = 5.0
 FINAL_MARK_GRACE_S = 5.0
 """How long past the expected end of playout to wait for the final mark before giving up on it."""
@@ -313,6 +314,15 @@ class BotTurn:
             if copied:
                 self.segments.append(Segment(segment.text, self._current_start, len(self.timeline)))
                 self._points.append(_MarkPoint(len(self.timeline), segment.index))
+        fallback_audio = self._fallback[1] if self._fallback is not None else None
+        if not self.segments and self.failures and self._fallback is not None and fallback_audio:
+            # Every segment failed (TTS down for the whole turn): say the cached apology rather than nothing.
+            text, audio = self._fallback[0], fallback_audio
+            start = len(self.timeline)
+            self.timeline += audio
+            self.segments.append(Segment(text, start, len(self.timeline)))
+            self._points.append(_MarkPoint(len(self.timeline), self._segment_count))
+            self._wake.set()
         if self._points and self._points[-1].position == len(self.timeline):
             self._points[-1].final = True
         else:
