@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -13,6 +14,13 @@ RejectReason = Literal[
 # Seconds; fine-grained at the low end where the server's own hops live.
 _HOP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _TURN_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+def _task_count() -> float:
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:  # scraped outside the event loop
+        return 0.0
 
 
 class Metrics:
@@ -54,6 +62,10 @@ class Metrics:
             buckets=_HOP_BUCKETS,
             registry=self.registry,
         )
+        self.tasks = Gauge(
+            "voicebot_asyncio_tasks", "asyncio tasks alive in this process (leak check)", registry=self.registry
+        )
+        self.tasks.set_function(_task_count)
         for reason in get_args(RejectReason):
             self.calls_rejected.labels(reason)
 

@@ -1,0 +1,28 @@
+"""The short soak: a few concurrent calls for a few seconds, twice; every call completes, nothing leaks.
+
+The long version is documented in the README (`python scripts/soak.py --calls 20 --minutes 5`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+REPO = Path(__file__).resolve().parent.parent
+SOAK_TIMEOUT_S = 240
+
+
+def test_short_soak_completes_every_call_and_returns_to_baseline() -> None:
+    out = subprocess.run(
+        [sys.executable, "scripts/soak.py", "--calls", "3", "--minutes", "0.2", "--turns", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=SOAK_TIMEOUT_S,
+    )  # fmt: skip
+    report = orjson.loads(out.stdout.strip().splitlines()[-1])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert report["errors"] == 0, report["failures"]
+    assert report["completed"] >= 3
+    assert not report["leaked"]
+    assert report["after"]["tasks"] == report["baseline"]["tasks"]
+    assert report["after_second_round"]["active_calls"] == 0
