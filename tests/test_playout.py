@@ -349,3 +349,38 @@ def test_heard_words_are_a_prefix_of_the_words_played(words: list[str], length: 
     fraction = max(0, played - 100) / (length if known else 65 * BYTES_PER_MS * len(text))
     # Every heard word (and the space after it) lies inside the played fraction of the text.
     assert len(" ".join(heard)) <= fraction * len(text)
+
+
+def test_overdue_counts_from_when_the_oldest_mark_should_have_played() -> None:
+    ledger = PlayoutLedger()
+    ledger.audio_sent(8000, 0.0)  # one second of audio, sent at once at t=0
+    ledger.mark_sent("m1", 0.0)
+    assert ledger.overdue_s(0.5) == 0.0
+    assert ledger.overdue_s(1.0) == 0.0
+    assert ledger.overdue_s(3.5) == 2.5
+
+
+def test_a_mark_sent_while_idle_is_due_at_once() -> None:
+    ledger = PlayoutLedger()
+    ledger.mark_sent("m1", 10.0)
+    assert ledger.overdue_s(10.0) == 0.0
+    assert ledger.overdue_s(12.0) == 2.0
+
+
+def test_overdue_follows_the_anchor_and_underruns() -> None:
+    ledger = PlayoutLedger()
+    ledger.audio_sent(8000, 0.0)
+    ledger.mark_sent("m1", 0.0)
+    ledger.mark_echoed("m1", 1.2)  # played until 1.2 s (late echo: the anchor moves)
+    ledger.audio_sent(4000, 5.0)  # an underrun: the next half second is sent at t=5
+    ledger.mark_sent("m2", 5.0)
+    assert ledger.overdue_s(5.5) == 0.0
+    assert ledger.overdue_s(6.5) == 1.0
+
+
+def test_marks_flushed_by_a_clear_are_never_overdue() -> None:
+    ledger = PlayoutLedger()
+    ledger.audio_sent(8000, 0.0)
+    ledger.mark_sent("m1", 0.0)
+    ledger.cleared(0.5)
+    assert ledger.overdue_s(100.0) == 0.0

@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SOAK_TIMEOUT_S = 240
 
 
+@pytest.mark.timeout(SOAK_TIMEOUT_S + 10)
 def test_short_soak_completes_every_call_and_returns_to_baseline() -> None:
     out = subprocess.run(
         [sys.executable, "scripts/soak.py", "--calls", "3", "--minutes", "0.2", "--turns", "1"],

@@ -17,6 +17,7 @@ from aiohttp import WSMsgType, web
 
 from voicebot import twilio_wire as wire
 from voicebot import twiml
+from voicebot.audio import FRAME_BYTES
 from voicebot.bot_turn import BotTurn, TurnResult, TurnTiming
 from voicebot.errors import CallEnded, ProviderError, first_leaf
 from voicebot.logs import get_logger
@@ -55,6 +56,10 @@ STT_STALL_S = 3.0
 """Local VAD has heard speech for this long with no message at all from the recogniser: the stream is stuck."""
 STT_WATCHDOG_PERIOD_S = 0.5
 SHUTDOWN_GOODBYE_TIMEOUT_S = 10.0
+PLAYOUT_WATCHDOG_PERIOD_S = 0.5
+OUTBOUND_BUFFER_LIMIT = 256 * 1024
+"""Bytes waiting in our process for the Twilio socket; above this the writer waits (the kernel buffers the rest)."""
+OUTBOUND_POLL_S = 0.02
 HANG_UP_TIMEOUT_S = 10.0
 INTERRUPTED_SUFFIX = " —"
 """Appended to an interrupted reply in the model's history: the caller stopped hearing it there."""
@@ -86,8 +91,16 @@ TRANSFER_TOOL: dict[str, Any] = {
 class CallAudioOut:
     """The one place audio, marks and clears reach the socket; fenced by generation, bounded by a send timeout."""
 
-    def __init__(self, ws: web.WebSocketResponse, stream_sid: str, ledger: PlayoutLedger, stall_s: float) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        stream_sid: str,
+        ledger: PlayoutLedger,
+        stall_s: float,
+        transport: asyncio.BaseTransport | None = None,
+    ) -> None:
         self._ws = ws
+        self._transport = transport if isinstance(transport, asyncio.WriteTransport) else None
         self._stream_sid = stream_sid
         self.ledger = ledger
         self._stall_s = stall_s
@@ -122,6 +135,11 @@ class CallAudioOut:
         try:
             async with asyncio.timeout(self._stall_s):
                 await self._ws.send_frame(data, WSMsgType.TEXT)
+                # aiohttp waits for the socket only every 256 kB and only once the kernel buffer is full: bound
+                # what waits in this process ourselves, so a peer that stops reading cannot grow our memory.
+                # aiohttp exposes no public "writable" event; this polls only while the buffer is over the limit.
+                while self._transport is not None and self._transport.get_write_buffer_size() > OUTBOUND_BUFFER_LIMIT:  # noqa: ASYNC110
+                    await asyncio.sleep(OUTBOUND_POLL_S)
         except TimeoutError:
             raise CallEnded("send_stalled", 1011) from None
         except ConnectionError:
@@ -141,6 +159,7 @@ class Conversation:
         publish: EventSink | None = None,
         *,
         rest_hang_up: bool = True,
+        transport: asyncio.BaseTransport | None = None,
     ) -> None:
         self.settings = settings
         self.services = services
@@ -150,7 +169,7 @@ class Conversation:
         # A call from the dev page has no Twilio call behind it: it ends by closing the socket.
         self._telephony = services.telephony if rest_hang_up else None
         self.ledger = PlayoutLedger()
-        self.out = CallAudioOut(ws, start.stream_sid, self.ledger, settings.send_stall_timeout_s)
+        self.out = CallAudioOut(ws, start.stream_sid, self.ledger, settings.send_stall_timeout_s, transport)
         self.machine = TurnTaking(
             TurnConfig(
                 barge_in=settings.barge_in,
@@ -193,8 +212,19 @@ class Conversation:
                 self._start_fixed(self.settings.greeting, interruptible=True, grace_ms=self.settings.barge_in_grace_ms)
                 tg.create_task(self._control(), name="control")
                 tg.create_task(self._listen(), name="stt")
+                tg.create_task(self._playout_watchdog(), name="playout-watchdog")
         finally:
             self.transcript.close()
+
+    async def _playout_watchdog(self) -> None:
+        """Twilio echoes each mark once its audio has played; marks long overdue mean the peer stopped reading."""
+        limit = self.settings.send_stall_timeout_s
+        while True:
+            await asyncio.sleep(PLAYOUT_WATCHDOG_PERIOD_S)
+            overdue = self.ledger.overdue_s(time.monotonic())
+            if overdue > limit:
+                log.warning("peer_stalled", overdue_s=round(overdue, 1), pending_marks=len(self.ledger.pending_marks))
+                raise CallEnded("peer_stalled", 1011)
 
     def _publish(self, event: dict[str, Any]) -> None:
         if self._publish_sink is not None:
@@ -221,10 +251,12 @@ class Conversation:
     # --- inputs from the session's receive loop (synchronous: the per-frame hot path) ------------------------
 
     def on_media(self, payload: bytes, now: float) -> None:
-        if self._audio.full():
-            self._audio.get_nowait()  # drop the oldest frame: the recogniser must stay live
-        self._audio.put_nowait(payload)
-        self._replay.append(payload)
+        if len(payload) <= FRAME_BYTES:  # Twilio's 20 ms frame: the hot path
+            self._queue_audio(payload)
+        else:
+            # A legal but large payload is queued as 20 ms frames, so the queues stay bounded in bytes too.
+            for i in range(0, len(payload), FRAME_BYTES):
+                self._queue_audio(payload[i : i + FRAME_BYTES])
         actions: list[Action] = []
         for speech in self.vad.frames(payload):
             if speech and self._stt_silent_since is None:
@@ -235,6 +267,12 @@ class Conversation:
             actions += self.machine.vad(speech, now)
         if actions:
             self._post(actions)
+
+    def _queue_audio(self, frame: bytes) -> None:
+        if self._audio.full():
+            self._audio.get_nowait()  # drop the oldest frame: the recogniser must stay live
+        self._audio.put_nowait(frame)
+        self._replay.append(frame)
 
     def on_mark(self, name: str, now: float) -> bool:
         """A mark echoed by Twilio; False for a mark this call never sent."""
@@ -275,7 +313,11 @@ class Conversation:
             async with self.services.stt.connect() as stream, asyncio.TaskGroup() as tg:
                 self._stt = stream
                 self._stt_silent_since = None
-                for frame in list(self._replay):  # audio since the last final, so nothing said is lost
+                # Everything since the last final result (a superset of what is queued), once: nothing said while
+                # the stream was down is lost, and nothing is sent twice.
+                while not self._audio.empty():
+                    self._audio.get_nowait()
+                for frame in list(self._replay):
                     await stream.send_audio(frame)
                 tg.create_task(self._pump_audio(stream), name="stt-send")
                 tg.create_task(self._stt_watchdog(), name="stt-watchdog")

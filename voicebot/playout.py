@@ -53,6 +53,7 @@ class _Chunk(NamedTuple):
 class _PendingMark(NamedTuple):
     position: int
     epoch: int  # the clear count when it was sent: an older epoch echoes as not played
+    sent_at: float = 0.0
 
 
 class PlayoutLedger:
@@ -104,7 +105,7 @@ class PlayoutLedger:
         """Record a mark sent after all audio so far; it sits at position ``sent_bytes``."""
         if name in self._marks:
             raise ValueError(f"mark {name!r} is already pending")
-        self._marks[name] = _PendingMark(self._sent, self._epoch)
+        self._marks[name] = _PendingMark(self._sent, self._epoch, now)
 
     def mark_echoed(self, name: str, now: float) -> MarkEcho:
         """Record Twilio's echo of mark ``name`` at ``now``."""
@@ -140,6 +141,34 @@ class PlayoutLedger:
         if self._cleared_at is not None and played <= self._epoch_start:
             return self._cleared_at  # nothing heard since the clear; the bytes before it were cut
         return played
+
+    def overdue_s(self, now: float) -> float:
+        """How long past due the oldest pending mark of this epoch is (0.0 if none is late).
+
+        A mark falls due when the audio before it would have finished playing at 8 bytes/ms from the last sync
+        point (never before it was sent). Twilio echoes it within network delay of that; a peer whose marks stay
+        overdue for seconds has stopped reading or playing.
+        """
+        mark = next((m for m in self._marks.values() if m.epoch == self._epoch), None)
+        if mark is None:
+            return 0.0
+        due = self._time_reaching(mark.position)
+        return max(0.0, now - max(mark.sent_at, due if due is not None else mark.sent_at))
+
+    def _time_reaching(self, target: int) -> float | None:
+        """When playback reaches byte ``target`` if the peer plays everything sent; None if it is not sent yet."""
+        position, clock = self._anchor, self._anchor_time
+        for chunk in self._chunks:
+            if chunk.end <= position:
+                continue
+            start = chunk.sent_at if clock is None else max(clock, chunk.sent_at)
+            first = max(chunk.start, position)
+            if target <= chunk.end:
+                return start + max(0, target - first) / BYTES_PER_SECOND
+            position, clock = chunk.end, start + (chunk.end - first) / BYTES_PER_SECOND
+        if target <= position:
+            return clock
+        return None
 
     def buffered_ms(self, now: float) -> float:
         """Best estimate of the audio sent but not yet played, in milliseconds (no margin, no mark cap)."""

@@ -121,7 +121,7 @@ async def media(request: web.Request) -> web.StreamResponse:
         autoping=True,
     )
     await ws.prepare(request)
-    session = CallSession(ws, state, request.app.get(SERVICES))
+    session = CallSession(ws, state, request.app.get(SERVICES), request.transport)
     state.sessions.add(session)
     state.metrics.active_calls.inc()
     try:

@@ -31,8 +31,15 @@ WATCHDOG_PERIOD_S = 1.0
 class CallSession:
     """The life of one call: handshake (``connected``/``start`` + token), the call's loops, the ending."""
 
-    def __init__(self, ws: web.WebSocketResponse, state: AppState, services: Services | None = None) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        state: AppState,
+        services: Services | None = None,
+        transport: asyncio.BaseTransport | None = None,
+    ) -> None:
         self.ws = ws
+        self.transport = transport
         self.state = state
         self.services = services
         self.conversation: Conversation | None = None
@@ -90,6 +97,7 @@ class CallSession:
                         self.state.metrics,
                         self.state.publish,
                         rest_hang_up=not self.state.is_dev_call(self.start.call_sid),
+                        transport=self.transport,
                     )
                     tg.create_task(self.conversation.run(), name="conversation")
                 tg.create_task(self._receive_loop())
@@ -160,6 +168,13 @@ class CallSession:
             event = wire.parse_inbound(data)
         except wire.WireError as exc:
             self._protocol_error("malformed", str(exc))
+            return
+        if (
+            self.start is not None
+            and not isinstance(event, wire.Connected | wire.Start)
+            and event.stream_sid != self.start.stream_sid
+        ):
+            self._protocol_error("wrong_stream", "a message for another streamSid was ignored")
             return
         match event:
             case wire.Media():

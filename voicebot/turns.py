@@ -189,7 +189,7 @@ class TurnTaking:
                     self._in_speech = True
                     self._finalize_sent = False
                 self._utterance.last_speech_at = now
-                self._idle_deadline = None
+                self._push_idle(now)
                 if self._can_barge_in(now):
                     return self._stage_one(now)
             return []
@@ -211,7 +211,7 @@ class TurnTaking:
 
     def speech_started(self, now: float) -> list[Action]:
         """The recogniser detected speech onset."""
-        self._idle_deadline = None
+        self._push_idle(now)
         if self._can_barge_in(now):
             return self._stage_one(now)
         return []
@@ -220,10 +220,12 @@ class TurnTaking:
         self, text: str, *, is_final: bool, speech_final: bool, from_finalize: bool, now: float
     ) -> list[Action]:
         """An interim or final recognition result."""
+        if self.phase is Phase.ENDED:
+            return []
         actions: list[Action] = []
         words = bool(text.strip())
         if words:
-            self._idle_deadline = None
+            self._push_idle(now)
             self._reprompts = 0
             if self._utterance.last_speech_at is None:
                 self._utterance.last_speech_at = now
@@ -251,6 +253,8 @@ class TurnTaking:
 
     def utterance_end(self, now: float) -> list[Action]:
         """No word for ``utterance_end_ms``: the fallback end of the caller's turn."""
+        if self.phase is Phase.ENDED:
+            return []
         if self.phase is Phase.PAUSED:
             self._utterance = _Utterance()
             return self._resume()
@@ -258,6 +262,8 @@ class TurnTaking:
 
     def dtmf(self, digit: str, now: float) -> list[Action]:
         """A keypad digit: collected until '#' or a pause, then answered like speech."""
+        if self.phase is Phase.ENDED:
+            return []
         actions: list[Action] = []
         self._idle_deadline = None
         self._reprompts = 0
@@ -298,6 +304,12 @@ class TurnTaking:
         return min(deadlines) if deadlines else None
 
     # --- internals ---------------------------------------------------------------------------------------------
+
+    def _push_idle(self, now: float) -> None:
+        # The caller is making sound: restart the idle timer (not cancel it: noise that never becomes a reply
+        # must not switch the idle prompt off for good).
+        if self._idle_deadline is not None:
+            self._idle_deadline = now + self.config.idle_timeout_s
 
     def _can_barge_in(self, now: float) -> bool:
         return self.phase is Phase.SPEAKING and self.config.barge_in and self.interruptible and now >= self._grace_until
