@@ -644,3 +644,12 @@ def test_nothing_is_emitted_after_ended(state: str, inputs: Callable[[TurnTaking
     tt.reply_requested()
     tt.bot_started(2.0)
     assert phase(tt) is Phase.ENDED
+
+
+def test_a_backchannel_while_thinking_does_not_replace_the_pending_answer() -> None:
+    tt = TurnTaking(TurnConfig(backchannels=("okay", "uh-huh")))
+    tt.reply_requested()
+    assert tt.phase is Phase.THINKING
+    actions = tt.transcript("Okay.", is_final=True, speech_final=True, from_finalize=False, now=1.0)
+    assert actions == []
+    assert tt.phase is Phase.THINKING

@@ -337,6 +337,8 @@ class TurnTaking:
         text = utterance.text()
         if not text:
             return []
+        if self.phase is Phase.THINKING and not utterance.has_words:
+            return []  # "okay" while the answer is being prepared: an acknowledgement, not a new question
         reply = Reply(text=text, speech_end=utterance.last_speech_at or now, final_at=now)
         if self.phase in (Phase.SPEAKING, Phase.PAUSED):
             # The caller spoke while the bot could not be interrupted: answer once the bot is done.
