@@ -45,5 +45,12 @@ emulators: $(STAMP_RUN)
 demo: $(STAMP_RUN)
 	$(BIN)/python scripts/demo.py $(ARGS)
 
+## Benchmarks (about 5 min): per-turn server overhead, barge-in, cost per call, floor relay, Pipecat side by side.
+## ARGS="--full" for the long run, "--smoke" to check the harness, "--skip-pipecat" without the comparison.
+bench: $(STAMP_RUN)
+	$(PIP) install py-spy
+	bash scripts/install_pipecat.sh
+	$(BIN)/python scripts/bench.py $(ARGS)
+
 clean:
 	rm -rf $(VENV) *.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import os
 import secrets
@@ -18,6 +19,7 @@ from voicebot.logs import configure_logging, get_logger
 from voicebot.settings import Settings
 
 log = get_logger("voicebot")
+GC_THRESHOLDS = (10_000, 20, 20)
 
 
 async def serve(settings: Settings, reuse_port: bool = False) -> None:
@@ -29,6 +31,11 @@ async def serve(settings: Settings, reuse_port: bool = False) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None)
     await site.start()
+    # Everything allocated at startup (modules, SDK clients) lives for the whole process: keep it out of every
+    # future collection, and collect the young generation less often (GC was 10 % of a busy process's CPU).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     log.info(
         "server_started", host=settings.host, port=settings.port, pid=os.getpid(),
         public_url=settings.public_url, missing=settings.missing(),
