@@ -34,8 +34,9 @@ lint: $(STAMP_DEV)
 typecheck: $(STAMP_DEV)
 	$(BIN)/mypy
 
+PYTEST_WORKERS ?= 4
 pytest: $(STAMP_DEV)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 ## Run the provider emulators (Deepgram, OpenAI, Twilio REST) on port 8090.
 emulators: $(STAMP_RUN)
