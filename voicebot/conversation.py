@@ -17,7 +17,7 @@ from aiohttp import WSMsgType, web
 
 from voicebot import twilio_wire as wire
 from voicebot import twiml
-from voicebot.audio import FRAME_BYTES
+from voicebot.audio import BYTES_PER_SECOND, FRAME_BYTES
 from voicebot.bot_turn import BotTurn, TurnResult, TurnTiming
 from voicebot.errors import CallEnded, ProviderError, first_leaf
 from voicebot.logs import get_logger
@@ -43,8 +43,8 @@ from voicebot.vad import FrameVad
 
 log = get_logger("voicebot.conversation")
 
-STT_AUDIO_QUEUE_FRAMES = 100
-"""2 s of caller audio waiting for the STT socket; on overflow the oldest frame is dropped (live audio wins)."""
+STT_AUDIO_MAX_BYTES = 2 * BYTES_PER_SECOND
+"""2 s of caller audio waiting for the STT socket; on overflow the oldest audio is dropped (live audio wins)."""
 STT_REPLAY_FRAMES = 500
 """10 s of audio since the last final result, replayed to a reconnected STT stream."""
 CONTROL_QUEUE_SIZE = 256
@@ -197,7 +197,10 @@ class Conversation:
         self._speech_onset: float | None = None
         self._vad_speaking = False
         self._actions: asyncio.Queue[list[Action]] = asyncio.Queue(CONTROL_QUEUE_SIZE)
-        self._audio: asyncio.Queue[bytes] = asyncio.Queue(STT_AUDIO_QUEUE_FRAMES)
+        # Caller audio not yet sent to the recogniser: a byte buffer, not a queue of frames, so a 20 ms frame costs
+        # one bytearray append and the sender wakes once per STT_SEND_BYTES. Bounded: see STT_AUDIO_MAX_BYTES.
+        self._audio = bytearray()
+        self._audio_ready = asyncio.Event()
         self._replay: deque[bytes] = deque(maxlen=STT_REPLAY_FRAMES)
         self._stt: SttStream | None = None
         self._last_stt_send = time.monotonic()
@@ -274,9 +277,12 @@ class Conversation:
             self._post(actions)
 
     def _queue_audio(self, frame: bytes) -> None:
-        if self._audio.full():
-            self._audio.get_nowait()  # drop the oldest frame: the recogniser must stay live
-        self._audio.put_nowait(frame)
+        audio = self._audio
+        audio += frame
+        if len(audio) > STT_AUDIO_MAX_BYTES:
+            del audio[: len(audio) - STT_AUDIO_MAX_BYTES]  # drop the oldest audio: the recogniser must stay live
+        if len(audio) >= STT_SEND_BYTES:
+            self._audio_ready.set()
         self._replay.append(frame)
 
     def on_mark(self, name: str, now: float) -> bool:
@@ -320,8 +326,8 @@ class Conversation:
                 self._stt_silent_since = None
                 # Everything since the last final result (a superset of what is queued), once: nothing said while
                 # the stream was down is lost, and nothing is sent twice.
-                while not self._audio.empty():
-                    self._audio.get_nowait()
+                self._audio.clear()
+                self._audio_ready.clear()
                 replay = b"".join(self._replay)
                 for i in range(0, len(replay), STT_REPLAY_CHUNK_BYTES):
                     await stream.send_audio(replay[i : i + STT_REPLAY_CHUNK_BYTES])
@@ -348,15 +354,13 @@ class Conversation:
 
     async def _pump_audio(self, stream: SttStream) -> None:
         """Caller audio to the recogniser in STT_SEND_BYTES messages; no timer or allocation per 20 ms frame."""
-        pending = bytearray()
         while True:
-            pending += await self._audio.get()
-            while len(pending) < STT_SEND_BYTES and not self._audio.empty():
-                pending += self._audio.get_nowait()
-            if len(pending) >= STT_SEND_BYTES:
-                await stream.send_audio(bytes(pending))
-                pending.clear()
-                self._last_stt_send = time.monotonic()
+            await self._audio_ready.wait()
+            self._audio_ready.clear()
+            chunk = bytes(self._audio)
+            self._audio.clear()
+            await stream.send_audio(chunk)
+            self._last_stt_send = time.monotonic()
 
     async def _keep_alive(self, stream: SttStream) -> None:
         """Twilio streams audio all the time, so this rarely fires: only if our audio stops, e.g. a stalled peer."""
