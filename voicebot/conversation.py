@@ -440,8 +440,9 @@ class Conversation:
             played = await self.out.send_clear()  # cancelled without a stage-1 clear (DTMF): stop the audio too
         self._gen += 1
         self.out.current_gen = self._gen  # fencing first: nothing of the old turn can be sent from here on
+        # Cancel without waiting for the old turn's cleanup (closing its HTTP streams can take a while under load):
+        # generation fencing already keeps its audio off the socket, and the TaskGroup still owns the task.
         task.cancel()
-        await asyncio.wait([task])
         self._turn = self._turn_task = None
         heard = turn.heard_at_cut(played if played is not None else 0)
         self._remember_reply(turn, heard, interrupted=True)
