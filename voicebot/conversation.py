@@ -119,7 +119,7 @@ class CallAudioOut:
             self.dropped_stale += 1  # generation fencing: audio of a cancelled turn never reaches the caller
             return False
         self.ledger.audio_sent(len(audio), time.monotonic())
-        await self._send(wire.media_message(self._stream_sid, audio))
+        await self._send(wire.media_message(self._stream_sid, audio), audio=True)
         return True
 
     async def send_mark(self, gen: int, name: str) -> bool:
@@ -135,14 +135,19 @@ class CallAudioOut:
         await self._send(wire.clear_message(self._stream_sid))
         return played
 
-    async def _send(self, data: bytes) -> None:
+    def _over_limit(self) -> bool:
+        return self._transport is not None and self._transport.get_write_buffer_size() > OUTBOUND_BUFFER_LIMIT
+
+    async def _send(self, data: bytes, *, audio: bool = False) -> None:
         try:
             async with asyncio.timeout(self._stall_s):
                 await self._ws.send_frame(data, WSMsgType.TEXT)
                 # aiohttp waits for the socket only every 256 kB and only once the kernel buffer is full: bound
                 # what waits in this process ourselves, so a peer that stops reading cannot grow our memory.
                 # aiohttp exposes no public "writable" event; this polls only while the buffer is over the limit.
-                while self._transport is not None and self._transport.get_write_buffer_size() > OUTBOUND_BUFFER_LIMIT:  # noqa: ASYNC110
+                # Only the audio writer waits: a clear or a mark must never queue behind it (the control task sends
+                # them, and a barge-in cannot wait for a backlog of audio to drain).
+                while audio and self._over_limit():  # noqa: ASYNC110
                     await asyncio.sleep(OUTBOUND_POLL_S)
         except TimeoutError:
             raise CallEnded("send_stalled", 1011) from None
