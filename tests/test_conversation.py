@@ -115,7 +115,14 @@ async def test_barge_in_clears_cancels_and_keeps_only_what_was_heard(start_world
     # After the clear, only the new reply's bytes: nothing of the interrupted one.
     _, after_clear = reply_media(result, audio_of(world.server.settings.greeting))
     second = "Of course, what is your question?"
-    assert after_clear == [b"".join(audio_of(s) for s in segments_of(second))]
+    expected = b"".join(audio_of(s) for s in segments_of(second))
+    assert after_clear == [expected], (
+        [len(a) for a in after_clear],
+        len(expected),
+        [(e.data.get("text"), e.kind) for e in emu.select("tts", "request")],
+        [m["content"] for m in llm_messages(emu, -1)[1:]],
+        result.format_timeline(),
+    )
     # The old LLM stream and the TTS request in flight were aborted at the provider.
     first_llm = emu.llm.requests[0]
     assert any(e.t > first_llm.t for e in emu.select("llm", "abort"))
