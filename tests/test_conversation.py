@@ -97,7 +97,8 @@ async def test_barge_in_clears_cancels_and_keeps_only_what_was_heard(start_world
     emu.stt.script.extend(["Tell me about your pricing.", "Wait, stop, I have a different question."])
     emu.llm.script.extend([LONG_REPLY, "Of course, what is your question?"])
     emu.llm.config.tokens_per_second = 10.0  # the reply is still streaming when the caller cuts in
-    emu.tts.config.bytes_per_second = 8000.0  # synthesis in real time: a request is in flight at the cut
+    # Twice real time: the caller's buffer does not run dry, yet segments are still being synthesised at the cut.
+    emu.tts.config.bytes_per_second = 16000.0
     result = await world.call(
         [
             *greeting_steps(),

@@ -236,6 +236,8 @@ class Recorder:
         while True:
             if self.bot_playing:
                 await self._next("bot_audio_stop")
+            if self.bot_playing:
+                continue  # audio restarted in the same step as the stop (a short underrun): not silence
             if quiet_ms <= 0:
                 return
             quiet = asyncio.timeout(quiet_ms / 1000)

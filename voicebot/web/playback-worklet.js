@@ -10,6 +10,10 @@ import { Resampler } from "./resampler.js";
 const TELEPHONE_RATE = 8000;
 const MAX_QUEUED_SECONDS = 600; // bounded: beyond this, new audio is dropped (and counted)
 const LEVEL_INTERVAL_S = 0.05;
+// A run starts once this much audio is queued (or PREBUFFER_MAX_WAIT_S after its first byte), like Twilio's own
+// jitter buffer: messages that arrive a few ms apart on a busy machine still play as one gap-free run.
+const PREBUFFER_S = 0.06;
+const PREBUFFER_MAX_WAIT_S = 0.1;
 
 class PlaybackProcessor extends AudioWorkletProcessor {
   constructor() {
@@ -22,7 +26,8 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     this.runIn = 0; // 8 kHz samples received in the current run
     this.runPlayed = 0; // output samples played in the current run
     this.active = false; // a run is in progress (something queued or still in the resampler)
-    this.announced = false; // the current run's start has been reported
+    this.announced = false; // the current run's start has been reported (playback has begun)
+    this.startBy = 0; // audio-clock time by which a buffering run starts even if short
     this.closed = false;
     this.dropped = 0;
     this.levelSum = 0;
@@ -64,6 +69,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     for (let i = 0; i < bytes.length; i++) this.decoded[i] = DECODE_FLOAT[bytes[i]];
     this.push(this.resampler.process(this.decoded.subarray(0, bytes.length)));
     this.runIn += bytes.length;
+    if (!this.active) this.startBy = currentTime + PREBUFFER_MAX_WAIT_S;
     this.active = true;
   }
 
@@ -76,7 +82,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
 
   cut(reason) {
     const unplayedMs = Math.round((this.queued * 1000) / sampleRate);
-    const wasPlaying = this.active;
+    const wasPlaying = this.active && this.announced;
     this.chunks = [];
     this.head = 0;
     this.queued = 0;
@@ -97,7 +103,9 @@ class PlaybackProcessor extends AudioWorkletProcessor {
   process(_inputs, outputs) {
     const out = outputs[0][0];
     let written = 0;
-    if (this.active) {
+    const buffering =
+      this.active && !this.announced && this.queued < PREBUFFER_S * sampleRate && currentTime < this.startBy;
+    if (this.active && !buffering) {
       if (!this.announced) {
         this.announced = true;
         this.port.postMessage({ type: "start", t: currentTime });
