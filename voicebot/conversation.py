@@ -184,7 +184,6 @@ class Conversation:
                 barge_in=settings.barge_in,
                 min_speech_ms=settings.barge_in_min_speech_ms,
                 confirm_ms=settings.barge_in_confirm_ms,
-                grace_ms=settings.barge_in_grace_ms,
                 idle_timeout_s=settings.idle_timeout_s,
                 idle_reprompts=settings.idle_reprompts,
                 backchannels=settings.backchannels,
@@ -198,6 +197,7 @@ class Conversation:
         self._turn: BotTurn | None = None
         self._turn_task: asyncio.Task[None] | None = None
         self._turn_interruptible = True
+        self._turn_grace_ms = 0
         self._cut_played: int | None = None
         self._speech_onset: float | None = None
         self._vad_speaking = False
@@ -486,7 +486,7 @@ class Conversation:
         self._cut_played = None
         return self._gen
 
-    def _start_fixed(self, text: str, *, interruptible: bool, grace_ms: int = 0, then_hang_up: bool = False) -> None:
+    def _start_fixed(self, text: str, *, interruptible: bool, grace_ms: int = 0) -> None:
         turn = BotTurn(
             self._next_gen(),
             self.out,

@@ -80,7 +80,6 @@ class TurnConfig:
     barge_in: bool = True
     min_speech_ms: int = 100
     confirm_ms: int = 1200
-    grace_ms: int = 1500
     finalize_silence_ms: int = 500
     idle_timeout_s: float = 8.0
     idle_reprompts: int = 2
