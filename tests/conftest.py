@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
+from tests.emulator_fixtures import SdkClients, fast_config, sdk_clients
 from voicebot.emulators import EmulatorConfig, Emulators, running_emulators
 from voicebot.server import STATE, AppState, create_app
 from voicebot.services import SERVICES
@@ -121,3 +122,17 @@ async def start_world(
         return world
 
     return factory
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[Emulators]:
+    """Emulators with the keys the emulator contract tests use (tests/emulator_fixtures.py)."""
+    async with running_emulators(fast_config()) as emulators:
+        yield emulators
+
+
+@pytest.fixture
+async def sdk(emu: Emulators) -> AsyncIterator[SdkClients]:
+    """The real deepgram-sdk and openai clients pointed at ``emu``."""
+    async with sdk_clients(emu) as clients:
+        yield clients

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
 import pytest
 
-from tests.emulator_fixtures import EVENT_TIMEOUT_S, SdkClients, fast_config, sdk_clients
+from tests.emulator_fixtures import EVENT_TIMEOUT_S, SdkClients, sdk_clients
 from voicebot.emulators import Emulators, LlmReply, ToolCall, running_emulators, tokenize
 
 MODEL = "gpt-4o-mini"
@@ -31,18 +30,6 @@ TOOLS: list[dict[str, Any]] = [
 SLOW_TOKENS_PER_SECOND = 20.0
 TTFT_MS = 200.0
 RETRY_AFTER_MS = 50
-
-
-@pytest.fixture
-async def emu() -> AsyncIterator[Emulators]:
-    async with running_emulators(fast_config()) as emulators:
-        yield emulators
-
-
-@pytest.fixture
-async def sdk(emu: Emulators) -> AsyncIterator[SdkClients]:
-    async with sdk_clients(emu) as clients:
-        yield clients
 
 
 async def chat(client: openai.AsyncOpenAI, **extra: Any) -> list[Any]:

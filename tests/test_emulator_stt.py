@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -49,18 +49,6 @@ KEEPALIVE_IDLE_TIMEOUT_S = 0.6
 KEEPALIVE_INTERVAL_S = 0.15
 KEEPALIVE_COUNT = 6
 """KeepAlives span 0.9 s, longer than the idle timeout: the socket survives only if each one resets it."""
-
-
-@pytest.fixture
-async def emu() -> AsyncIterator[Emulators]:
-    async with running_emulators(fast_config()) as emulators:
-        yield emulators
-
-
-@pytest.fixture
-async def sdk(emu: Emulators) -> AsyncIterator[SdkClients]:
-    async with sdk_clients(emu) as clients:
-        yield clients
 
 
 async def transcribe(sdk: SdkClients, audio: bytes, **overrides: Any) -> list[Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -13,7 +12,7 @@ import pytest
 from deepgram.core.api_error import ApiError
 from deepgram.errors import BadRequestError
 
-from tests.emulator_fixtures import EVENT_TIMEOUT_S, SdkClients, fast_config, sdk_clients
+from tests.emulator_fixtures import EVENT_TIMEOUT_S, SdkClients, sdk_clients
 from voicebot.audio import BYTES_PER_MS, MULAW_SILENCE, ulaw_rms
 from voicebot.emulators import Emulators, running_emulators, synthesize
 from voicebot.emulators.config import DEFAULT_MS_PER_CHAR
@@ -31,18 +30,6 @@ SLOW_TTFB_MS = 300.0
 MAX_SILENCE_RUN = 8
 """Longest run of 0xFF allowed in synthesized audio (one zero crossing, not a gap)."""
 SPEECH_RMS = 500.0
-
-
-@pytest.fixture
-async def emu() -> AsyncIterator[Emulators]:
-    async with running_emulators(fast_config()) as emulators:
-        yield emulators
-
-
-@pytest.fixture
-async def sdk(emu: Emulators) -> AsyncIterator[SdkClients]:
-    async with sdk_clients(emu) as clients:
-        yield clients
 
 
 async def speak(sdk: SdkClients, text: str, **overrides: Any) -> bytes:

@@ -9,8 +9,8 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
-from tests.emulator_fixtures import CALL_SID, TWILIO_SID, TWILIO_TOKEN, fast_config
-from voicebot.emulators import Emulators, running_emulators
+from tests.emulator_fixtures import CALL_SID, TWILIO_SID, TWILIO_TOKEN
+from voicebot.emulators import Emulators
 
 HANGUP_TWIML = "<Response><Hangup/></Response>"
 
@@ -20,12 +20,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:BasicAuth is deprecated:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore:The 'auth' parameter is deprecated:DeprecationWarning"),
 ]
-
-
-@pytest.fixture
-async def emu() -> AsyncIterator[Emulators]:
-    async with running_emulators(fast_config()) as emulators:
-        yield emulators
 
 
 @pytest.fixture
