@@ -512,42 +512,35 @@ class Conversation:
         result = await turn.run()
         self._remember_reply(turn, result.heard, interrupted=False)
 
-    async def _end_call(self, reason: str, *, say_goodbye: bool) -> None:
-        if self._ending:
-            return
-        self._ending = True
-        if self._turn_task is not None and self._turn_task is not asyncio.current_task():
-            await self._cancel_turn("ending")
-        if say_goodbye:
-            await self._say(self.settings.goodbye)
-        self.machine.ended()
-        await self._hang_up(reason)
-
-    async def _apologise_and_hang_up(self, reason: str) -> None:
-        if self._ending:
-            return
-        self._ending = True
-        if self._turn_task is not None:
-            await self._cancel_turn("ending")
-        if self.services.phrases.cached(self.settings.apology) is not None:
-            await self._say(self.settings.apology)
-        self.machine.ended()
-        await self._hang_up(reason)
-
-    async def shut_down(self) -> None:
-        """Server shutdown: stop what is playing, say goodbye, hang up; the socket then closes with 1001."""
+    async def _finish(
+        self, reason: str, phrase: str | None, *, code: int = 1000, timeout_s: float | None = None
+    ) -> None:
+        """Stop what is playing, say ``phrase`` to its end, hang up; the one path every ending goes through."""
         if self._ending:
             return
         self._ending = True
         try:
-            async with asyncio.timeout(SHUTDOWN_GOODBYE_TIMEOUT_S):
-                if self._turn_task is not None:
-                    await self._cancel_turn("shutdown")
-                await self._say(self.settings.goodbye)
+            async with asyncio.timeout(timeout_s):
+                task = self._turn_task
+                if task is not None and task is not asyncio.current_task():
+                    await self._cancel_turn(reason)
+                if phrase is not None:
+                    await self._say(phrase)
         except TimeoutError:
-            log.warning("shutdown_goodbye_timed_out")
+            log.warning("ending_phrase_timed_out", reason=reason)
         self.machine.ended()
-        await self._hang_up("server_shutdown", code=1001)
+        await self._hang_up(reason, code=code)
+
+    async def _end_call(self, reason: str, *, say_goodbye: bool) -> None:
+        await self._finish(reason, self.settings.goodbye if say_goodbye else None)
+
+    async def _apologise_and_hang_up(self, reason: str) -> None:
+        cached = self.services.phrases.cached(self.settings.apology) is not None
+        await self._finish(reason, self.settings.apology if cached else None)
+
+    async def shut_down(self) -> None:
+        """Server shutdown: stop what is playing, say goodbye, hang up; the socket then closes with 1001."""
+        await self._finish("server_shutdown", self.settings.goodbye, code=1001, timeout_s=SHUTDOWN_GOODBYE_TIMEOUT_S)
 
     async def _transfer(self) -> None:
         self._ending = True
