@@ -14,6 +14,7 @@ import uvloop
 from voicebot.logs import configure_logging
 from voicebot.serve import run_workers, serve
 from voicebot.settings import SettingsError, load_settings
+from voicebot.tools import load_tool_specs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(orjson.dumps(settings.redacted(), option=orjson.OPT_INDENT_2).decode() + "\n")
             return 0
         settings.check_startup()
+        load_tool_specs(settings)  # a bad tools file or module stops here, naming the tool and the key
     except SettingsError as exc:
         sys.stderr.write(f"voicebot: {exc}\n")
         return 2

@@ -19,14 +19,15 @@ from voicebot import twilio_wire as wire
 from voicebot import twiml
 from voicebot.audio import BYTES_PER_SECOND, FRAME_BYTES
 from voicebot.audio_out import CallAudioOut
-from voicebot.bot_turn import BotTurn, TurnResult, TurnTiming
+from voicebot.bot_turn import BotTurn, Fillers, ToolRound, TurnResult, TurnTiming
 from voicebot.errors import CallEnded, ProviderError, first_leaf
-from voicebot.logs import get_logger
+from voicebot.logs import REDACTOR, get_logger
 from voicebot.metrics import Metrics
 from voicebot.playout import HeardText, PlayoutLedger, UnknownMark, parse_mark_name
-from voicebot.providers.base import Message, SpeechStarted, SttEvent, SttStream, Transcript, UtteranceEnd
+from voicebot.providers.base import Message, SpeechStarted, SttEvent, SttStream, ToolCall, Transcript, UtteranceEnd
 from voicebot.services import TRANSFER_TEXT, Services
 from voicebot.settings import Settings
+from voicebot.tools import ToolContext, ToolLimits, ToolOutcome, ToolRunner, failure_line
 from voicebot.transcript import TranscriptWriter
 from voicebot.turns import (
     Action,
@@ -65,29 +66,12 @@ PLAYOUT_WATCHDOG_PERIOD_S = 0.5
 HANG_UP_TIMEOUT_S = 10.0
 INTERRUPTED_SUFFIX = " —"
 """Appended to an interrupted reply in the model's history: the caller stopped hearing it there."""
+TRANSCRIPT_RESULT_CHARS = 500
+STILL_RUNNING = "it was started and is still running; do not call it again"
+LOOKUP_CANCELLED = "the caller interrupted, so it was stopped before answering; nothing was changed"
+CONTROL_NOT_DONE = "the caller interrupted this reply, so it was not carried out"
 
 EventSink = Callable[[str, dict[str, Any]], None]
-
-END_CALL_TOOL: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "end_call",
-        "description": "End the phone call, after the caller says goodbye or clearly wants to hang up.",
-        "parameters": {
-            "type": "object",
-            "properties": {"reason": {"type": "string", "description": "Why the call is ending."}},
-            "required": [],
-        },
-    },
-}
-TRANSFER_TOOL: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "transfer_call",
-        "description": "Transfer the caller to a human colleague when they ask for one or you cannot help.",
-        "parameters": {"type": "object", "properties": {}, "required": []},
-    },
-}
 
 
 class Conversation:
@@ -127,7 +111,17 @@ class Conversation:
         self.vad = FrameVad()
         self.history: list[Message] = []
         self.transcript = TranscriptWriter(settings.transcript_dir, start.call_sid)
-        self.tools = [END_CALL_TOOL] + ([TRANSFER_TOOL] if settings.transfer_number else [])
+        self._tool_context = ToolContext(
+            start.call_sid, start.custom_parameters.get("from", ""), start.custom_parameters.get("to", "")
+        )
+        self._tools: ToolRunner | None = None  # made in run(): side-effecting calls live in the call's TaskGroup
+        self._fillers = Fillers(
+            text=settings.tool_filler,
+            after_s=settings.tool_filler_after_ms / 1000,
+            still=settings.tool_still_working,
+            still_after_s=settings.tool_still_working_after_s,
+            audio=services.phrases.get,
+        )
         self._gen = 0
         self._turn: BotTurn | None = None
         self._turn_task: asyncio.Task[None] | None = None
@@ -157,6 +151,18 @@ class Conversation:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
+                self._tools = ToolRunner(
+                    self.services.tools,
+                    self._tool_context,
+                    ToolLimits(
+                        max_parallel=self.settings.tool_max_parallel,
+                        max_rounds=self.settings.tool_max_rounds,
+                        max_same_call=self.settings.tool_max_same_call,
+                        settle_s=self.settings.tool_settle_s,
+                    ),
+                    tg,
+                    self._record_tool,
+                )
                 self._start_fixed(self.settings.greeting, interruptible=True, grace_ms=self.settings.barge_in_grace_ms)
                 tg.create_task(self._control(), name="control")
                 tg.create_task(self._listen(), name="stt")
@@ -385,7 +391,7 @@ class Conversation:
         task.cancel()
         self._turn = self._turn_task = None
         heard = turn.heard_at_cut(played if played is not None else 0)
-        self._remember_reply(turn, heard, interrupted=True)
+        self._remember_reply(turn, heard, interrupted=True, ledger_played=played or 0)
         self.metrics.barge_ins.labels("cancelled").inc()
         self._publish({"type": "barge_in", "stage": "cancel"})
         log.info("turn_cancelled", reason=reason, gen=turn.gen, heard_chars=len(heard.text))
@@ -405,10 +411,11 @@ class Conversation:
                 tts=self.services.tts,
                 llm=self.services.llm,
                 messages=messages,
-                tools=self.tools,
                 fallback=apology,
                 timing=timing,
                 on_first_media=self._on_first_media,
+                runner=self._tools,
+                fillers=self._fillers,
             ),
             interruptible=True,
         )
@@ -450,8 +457,9 @@ class Conversation:
             self._turn = self._turn_task = None
         self._remember_reply(turn, result.heard, interrupted=False)
         self._log_turn(turn, result)
-        for call in result.tool_calls:
-            self.transcript.write("tool_call", name=call.name, arguments=call.arguments)
+        # Call controls act only from a reply that played to its end, after the reply's other tools finished.
+        for call in result.tool_calls if not result.heard.interrupted else ():
+            self.transcript.write("tool_call", name=call.name, arguments=REDACTOR.redact(call.arguments))
             if call.name == "end_call":
                 await self._end_call("bot_ended", say_goodbye=not result.heard.text)
                 return
@@ -460,13 +468,65 @@ class Conversation:
                 return
         self._post(self.machine.bot_finished(time.monotonic()))
 
-    def _remember_reply(self, turn: BotTurn, heard: HeardText, *, interrupted: bool) -> None:
+    def _remember_reply(
+        self, turn: BotTurn, heard: HeardText, *, interrupted: bool, ledger_played: int | None = None
+    ) -> None:
+        """Heard-only history: what the caller heard of each round, each round's tool calls with exactly one
+        tool message per id, then what was heard of the final text."""
         interrupted = interrupted or heard.interrupted
-        if heard.text:
-            content = heard.text + (INTERRUPTED_SUFFIX if interrupted else "")
-            self.history.append({"role": "assistant", "content": content})
+        by_round = turn.heard_by_round(ledger_played) if turn.rounds else [heard]
+        for tool_round, round_heard in zip(turn.rounds, by_round, strict=False):
+            content = round_heard.text + (INTERRUPTED_SUFFIX if round_heard.interrupted and round_heard.text else "")
+            if not tool_round.started:  # streamed but never run: forgotten, so the model may ask again
+                if content:
+                    self.history.append({"role": "assistant", "content": content})
+                continue
+            self.history.append(tool_round.assistant_message(content))
+            self.history += [self._tool_message(tool_round, call, interrupted) for call in tool_round.calls]
+        final = by_round[-1]
+        if final.text:
+            self.history.append(
+                {"role": "assistant", "content": final.text + (INTERRUPTED_SUFFIX if interrupted else "")}
+            )
         self.transcript.write("assistant", text=heard.text, interrupted=interrupted, gen=turn.gen)
         self._publish({"type": "assistant", "text": heard.text, "interrupted": interrupted})
+
+    def _tool_message(self, tool_round: ToolRound, call: ToolCall, interrupted: bool) -> Message:
+        message: Message = {"role": "tool", "tool_call_id": call.id, "content": ""}
+        outcome = tool_round.outcomes.get(call.id)
+        task = tool_round.tasks.get(call.id)
+        tool = self.services.tools.get(call.name)
+        if outcome is not None:
+            control = self._tools is not None and self._tools.is_control(call.name)
+            not_done = interrupted and control
+            message["content"] = failure_line("not_done", call.name, CONTROL_NOT_DONE) if not_done else outcome.content
+        elif task is not None and task.done() and not task.cancelled():
+            message["content"] = task.result().content
+        elif task is not None and not task.done() and tool is not None and tool.side_effects:
+            # Owned by the call: it goes on, and its result replaces this line when it lands (the next request
+            # waits a little for it first, see ToolRunner.settle).
+            message["content"] = failure_line("still_running", call.name, STILL_RUNNING)
+            task.add_done_callback(lambda t: t.cancelled() or message.update(content=t.result().content))
+        else:
+            message["content"] = failure_line("cancelled", call.name, LOOKUP_CANCELLED)
+        return message
+
+    def _record_tool(self, outcome: ToolOutcome) -> None:
+        """Every tool call's outcome, when it lands: transcript, metrics, one log line."""
+        call = outcome.call
+        self.metrics.tool_calls.labels(call.name, outcome.outcome).inc()
+        self.metrics.tool_seconds.labels(call.name).observe(outcome.duration_s)
+        duration_ms = round(outcome.duration_s * 1000, 1)
+        self.transcript.write(
+            "tool_call",
+            name=call.name,
+            id=call.id,
+            arguments=REDACTOR.redact(call.arguments),
+            duration_ms=duration_ms,
+            outcome=outcome.outcome,
+            result=REDACTOR.redact(outcome.content[:TRANSCRIPT_RESULT_CHARS]),
+        )
+        log.info("tool_call_finished", tool=call.name, outcome=outcome.outcome, duration_ms=duration_ms)
 
     def _log_turn(self, turn: BotTurn, result: TurnResult) -> None:
         self.turns_completed += 1

@@ -56,6 +56,16 @@ class Metrics:
         self.protocol_errors = Counter(
             "voicebot_protocol_errors", "Malformed or unexpected Twilio messages", ["kind"], registry=self.registry
         )
+        self.tool_calls = Counter(
+            "voicebot_tool_calls", "Tool calls, by tool and outcome", ["tool", "outcome"], registry=self.registry
+        )
+        self.tool_seconds = Histogram(
+            "voicebot_tool_seconds",
+            "How long a tool call took (answer, failure or timeout), per tool",
+            ["tool"],
+            buckets=_TURN_BUCKETS,
+            registry=self.registry,
+        )
         self.loop_lag = Histogram(
             "voicebot_event_loop_lag_seconds",
             "How late the event loop ran a timer due every LOOP_LAG_PERIOD_S (a busy loop delays every call)",

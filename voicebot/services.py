@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -18,7 +18,7 @@ import openai
 from aiohttp import web
 from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
 
-from voicebot.logs import get_logger
+from voicebot.logs import REDACTOR, get_logger
 from voicebot.phrases import PhraseCache
 from voicebot.providers.base import LanguageModel, SpeechToText, Telephony, TextToSpeech
 from voicebot.providers.deepgram_stt import DeepgramStt
@@ -26,6 +26,7 @@ from voicebot.providers.deepgram_tts import DeepgramTts
 from voicebot.providers.openai_llm import OpenAiChat
 from voicebot.providers.twilio_rest import TwilioRest
 from voicebot.settings import Settings
+from voicebot.tools import ToolRegistry, load_tool_specs
 
 log = get_logger("voicebot.services")
 
@@ -47,6 +48,7 @@ class Services:
     telephony: Telephony | None
     phrases: PhraseCache
     system_prompt: str
+    tools: ToolRegistry = field(default_factory=ToolRegistry)
 
 
 def load_prompt(path: Path) -> str:
@@ -95,7 +97,10 @@ def services_context(settings: Settings) -> Callable[[web.Application], AsyncIte
             max_retries=LLM_MAX_RETRIES,
             http_client=oa_http,
         )
+        specs = load_tool_specs(settings)  # checked at startup already (__main__); a bad file stops the app here
+        REDACTOR.update([*REDACTOR.secrets, *specs.secrets])
         http = aiohttp.ClientSession()
+        tools = ToolRegistry.build(specs, settings, http)
         telephony: Telephony | None = None
         if settings.twilio_account_sid and settings.twilio_auth_token is not None:
             telephony = TwilioRest(
@@ -126,8 +131,11 @@ def services_context(settings: Settings) -> Callable[[web.Application], AsyncIte
             telephony=telephony,
             phrases=phrases,
             system_prompt=load_prompt(settings.prompt_file),
+            tools=tools,
         )
         fixed = [settings.greeting, settings.apology, settings.idle_prompt, settings.goodbye, TRANSFER_TEXT]
+        if len(tools):
+            fixed += [settings.tool_filler, settings.tool_still_working, *tools.phrases()]
         warmup = asyncio.create_task(phrases.warm(fixed), name="phrase-warmup")
         try:
             yield

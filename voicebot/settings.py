@@ -72,6 +72,18 @@ class Settings(BaseModel):
         "uh-huh", "uh huh", "mm-hmm", "mhm", "mm", "hmm", "yeah", "yep", "yes", "okay", "ok", "right", "sure",
         "got it", "i see", "alright", "all right",
     )  # fmt: skip
+    # tools
+    tools_file: Path | None = None
+    tools_module: str = ""
+    tools_secret: SecretStr | None = None
+    tool_filler: str = "One moment."
+    tool_still_working: str = "Still working on it, thanks for waiting."
+    tool_filler_after_ms: int = Field(700, ge=0)
+    tool_still_working_after_s: float = Field(5.0, gt=0)
+    tool_max_parallel: int = Field(4, ge=1, le=32)
+    tool_max_rounds: int = Field(3, ge=1, le=20)
+    tool_max_same_call: int = Field(2, ge=1)
+    tool_settle_s: float = Field(3.0, ge=0)
     # Deepgram
     deepgram_api_key: SecretStr | None = None
     deepgram_base_url: str = "https://api.deepgram.com"
@@ -166,7 +178,13 @@ class Settings(BaseModel):
 
     def secret_values(self) -> list[str]:
         """Every secret value set, for the log redactor."""
-        secrets = [self.deepgram_api_key, self.openai_api_key, self.twilio_auth_token, self.token_secret]
+        secrets = [
+            self.deepgram_api_key,
+            self.openai_api_key,
+            self.twilio_auth_token,
+            self.token_secret,
+            self.tools_secret,
+        ]
         return [s.get_secret_value() for s in secrets if s is not None and len(s.get_secret_value()) >= 4]
 
     def check_startup(self) -> None:
@@ -195,7 +213,7 @@ class Settings(BaseModel):
         return out
 
 
-_SECRET_FIELDS = frozenset({"deepgram_api_key", "openai_api_key", "twilio_auth_token", "token_secret"})
+_SECRET_FIELDS = frozenset({"deepgram_api_key", "openai_api_key", "twilio_auth_token", "token_secret", "tools_secret"})
 ENV_TO_FIELD = {env_name(name): name for name in Settings.model_fields}
 
 
