@@ -39,7 +39,7 @@ from voicebot.services import SERVICES
 from voicebot.settings import load_settings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from example_tool_service import make_app as make_tool_service  # noqa: E402 (a script next to this one)
+from example_tool_service import make_app as make_tool_service  # a script next to this one
 
 PUBLIC_URL = "https://voicebot.demo"
 AUTH_TOKEN = "demo-auth-token"
@@ -160,69 +160,66 @@ async def run_demo(realistic: bool) -> int:
 
 
 async def _calls(config: EmulatorConfig, tmp: Path, tools_file: Path) -> int:
-    if True:
-        async with running_emulators(config) as emu:
-            emu.stt.script.extend(STT_SCRIPT)
-            emu.llm.script.extend(LLM_SCRIPT)
-            settings = load_settings(
-                environ={},
-                env_file=None,
-                overrides={
-                    "port": 0,
-                    "public_url": PUBLIC_URL,
-                    "log_level": "warning",
-                    "deepgram_api_key": "demo-key",
-                    "openai_api_key": "demo-key",
-                    "twilio_account_sid": ACCOUNT_SID,
-                    "twilio_auth_token": AUTH_TOKEN,
-                    "deepgram_base_url": emu.base_url,
-                    "openai_base_url": emu.base_url + "/v1",
-                    "twilio_api_base_url": emu.base_url,
-                    "transcript_dir": tmp,
-                    "tools_file": tools_file,
-                    "tools_secret": TOOLS_SECRET,
-                },
+    async with running_emulators(config) as emu:
+        emu.stt.script.extend(STT_SCRIPT)
+        emu.llm.script.extend(LLM_SCRIPT)
+        settings = load_settings(
+            environ={},
+            env_file=None,
+            overrides={
+                "port": 0,
+                "public_url": PUBLIC_URL,
+                "log_level": "warning",
+                "deepgram_api_key": "demo-key",
+                "openai_api_key": "demo-key",
+                "twilio_account_sid": ACCOUNT_SID,
+                "twilio_auth_token": AUTH_TOKEN,
+                "deepgram_base_url": emu.base_url,
+                "openai_base_url": emu.base_url + "/v1",
+                "twilio_api_base_url": emu.base_url,
+                "transcript_dir": tmp,
+                "tools_file": tools_file,
+                "tools_secret": TOOLS_SECRET,
+            },
+        )
+        configure_logging("warning", "console", settings.secret_values())
+        app = create_app(settings)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            await asyncio.wait_for(app[SERVICES].phrases.warmed.wait(), WAIT_S)
+            caller = SimulatedCaller(f"http://127.0.0.1:{port}", script(), auth_token=AUTH_TOKEN, public_url=PUBLIC_URL)
+            result = await caller.run(timeout=CALL_TIMEOUT_S)
+            emu.stt.script.extend(BOOKING_STT)
+            emu.llm.script.extend(BOOKING_LLM)
+            booking_caller = SimulatedCaller(
+                f"http://127.0.0.1:{port}", booking_script(), auth_token=AUTH_TOKEN, public_url=PUBLIC_URL
             )
-            configure_logging("warning", "console", settings.secret_values())
-            app = create_app(settings)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            port = runner.addresses[0][1]
-            try:
-                await asyncio.wait_for(app[SERVICES].phrases.warmed.wait(), WAIT_S)
-                caller = SimulatedCaller(
-                    f"http://127.0.0.1:{port}", script(), auth_token=AUTH_TOKEN, public_url=PUBLIC_URL
-                )
-                result = await caller.run(timeout=CALL_TIMEOUT_S)
-                emu.stt.script.extend(BOOKING_STT)
-                emu.llm.script.extend(BOOKING_LLM)
-                booking_caller = SimulatedCaller(
-                    f"http://127.0.0.1:{port}", booking_script(), auth_token=AUTH_TOKEN, public_url=PUBLIC_URL
-                )
-                booking = await booking_caller.run(timeout=CALL_TIMEOUT_S)
-            finally:
-                await runner.cleanup()
-            print("=== call 1: questions, a backchannel, a barge-in, goodbye ===")
-            print(result.format_timeline())
-            print()
-            print(latency_table(tmp / f"{result.call_sid}.jsonl"))
-            print()
-            print(barge_in_report(result))
-            hung_up = [u for u in emu.twilio.updates if u.data["form"] == {"Status": "completed"}]
-            print(f"hang-up through Twilio REST: {'yes' if hung_up else 'no'}; call ended by: {result.ended_by}")
-            print()
-            print(f"=== call 2: a table booking (the booking takes {BOOKING_DELAY_S:g} s: listen for the filler) ===")
-            print(booking.format_timeline())
-            print()
-            booking_transcript = spoken_and_tools(tmp / f"{booking.call_sid}.jsonl")
-            print(booking_transcript)
-            booked = "tool: book_table(" in booking_transcript and "→ ok" in booking_transcript
-            print(f"booked: {'yes' if booked else 'no'}; call ended by: {booking.ended_by}")
-            ok = result.ok and result.ended_by == "server_closed" and bool(hung_up)
-            ok = ok and booking.ok and booking.ended_by == "server_closed" and booked
-            return 0 if ok else 1
+            booking = await booking_caller.run(timeout=CALL_TIMEOUT_S)
+        finally:
+            await runner.cleanup()
+        print("=== call 1: questions, a backchannel, a barge-in, goodbye ===")
+        print(result.format_timeline())
+        print()
+        print(latency_table(tmp / f"{result.call_sid}.jsonl"))
+        print()
+        print(barge_in_report(result))
+        hung_up = [u for u in emu.twilio.updates if u.data["form"] == {"Status": "completed"}]
+        print(f"hang-up through Twilio REST: {'yes' if hung_up else 'no'}; call ended by: {result.ended_by}")
+        print()
+        print(f"=== call 2: a table booking (the booking takes {BOOKING_DELAY_S:g} s: listen for the filler) ===")
+        print(booking.format_timeline())
+        print()
+        booking_transcript = spoken_and_tools(tmp / f"{booking.call_sid}.jsonl")
+        print(booking_transcript)
+        booked = "tool: book_table(" in booking_transcript and "→ ok" in booking_transcript
+        print(f"booked: {'yes' if booked else 'no'}; call ended by: {booking.ended_by}")
+        ok = result.ok and result.ended_by == "server_closed" and bool(hung_up)
+        ok = ok and booking.ok and booking.ended_by == "server_closed" and booked
+        return 0 if ok else 1
 
 
 def main() -> int:
