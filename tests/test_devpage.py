@@ -149,7 +149,8 @@ async def test_dev_call_gives_a_call_sid_and_its_stream_token(dev_server: Any) -
 
 
 async def test_dev_call_through_the_public_url_streams_to_it(dev_server: Any) -> None:
-    dev = await dev_server()
+    # Only when the operator opened the page to remote clients (tests/test_access.py has the default: 404).
+    dev = await dev_server(make_settings(dev_page=True, dev_remote_calls=True))
     host = PUBLIC_URL.removeprefix("https://")
     async with dev.http.post(dev.url("/dev/call"), headers={**DEV, "Host": host}) as resp:
         assert (await resp.json())["stream_url"] == f"wss://{host}/media"
@@ -157,7 +158,7 @@ async def test_dev_call_through_the_public_url_streams_to_it(dev_server: Any) ->
 
 @pytest.mark.parametrize(
     ("headers", "status"),
-    [({}, 403), ({DEV_HEADER: "yes"}, 403), ({**DEV, "Host": "rebound.attacker.example"}, 403)],
+    [({}, 403), ({DEV_HEADER: "yes"}, 403), ({**DEV, "Host": "rebound.attacker.example"}, 404)],
 )
 async def test_dev_call_refuses_cross_site_and_rebound_requests(
     dev_server: Any, headers: dict[str, str], status: int

@@ -14,6 +14,7 @@ import orjson
 from aiohttp import WSCloseCode, web
 
 from voicebot import twiml
+from voicebot.access import bearer_matches, is_direct_local
 from voicebot.devpage import DEV_HUB, CallEventHub, add_dev_routes, dev_page_enabled
 from voicebot.logs import get_logger
 from voicebot.metrics import Metrics
@@ -105,9 +106,18 @@ async def media(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     settings = state.settings
     signature = request.headers.get("X-Twilio-Signature")
-    if signature is not None and settings.twilio_auth_token is not None:
-        token = settings.twilio_auth_token.get_secret_value()
-        if not validate_twilio_signature(token, settings.stream_url, {}, signature):
+    dev_token_only = False
+    if settings.twilio_auth_token is not None:
+        if signature is None and not is_direct_local(request):
+            # From outside only Twilio may open a stream, and Twilio always signs the upgrade.
+            state.metrics.reject("bad_signature")
+            log.warning("stream_rejected", reason="unsigned")
+            raise web.HTTPForbidden(text="X-Twilio-Signature is required")
+        if signature is None:
+            dev_token_only = True  # direct from this machine: only the dev page's own calls
+        elif not validate_twilio_signature(
+            settings.twilio_auth_token.get_secret_value(), settings.stream_url, {}, signature
+        ):
             state.metrics.reject("bad_signature")
             log.warning("stream_rejected", reason="bad_signature")
             raise web.HTTPForbidden(text="invalid X-Twilio-Signature")
@@ -121,7 +131,7 @@ async def media(request: web.Request) -> web.StreamResponse:
         autoping=True,
     )
     await ws.prepare(request)
-    session = CallSession(ws, state, request.app.get(SERVICES), request.transport)
+    session = CallSession(ws, state, request.app.get(SERVICES), request.transport, dev_token_only=dev_token_only)
     state.sessions.add(session)
     state.metrics.active_calls.inc()
     try:
@@ -140,14 +150,29 @@ async def media(request: web.Request) -> web.StreamResponse:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Health: the detail (counts, missing settings) only for this machine; from outside, ok or not ok."""
     state = request.app[STATE]
     missing = state.settings.missing()
     status = "draining" if state.draining else ("degraded" if missing else "ok")
+    if not is_direct_local(request):
+        healthy = status == "ok"
+        return web.Response(
+            body=orjson.dumps({"status": "ok" if healthy else "not ok"}),
+            status=200 if healthy else 503,
+            content_type="application/json",
+        )
     body = {"status": status, "active_calls": len(state.sessions), "missing": missing}
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics: direct local requests, or anyone with ``VOICEBOT_METRICS_TOKEN`` as a bearer token."""
+    settings = request.app[STATE].settings
+    allowed = is_direct_local(request) or (
+        settings.metrics_token is not None and bearer_matches(request, settings.metrics_token.get_secret_value())
+    )
+    if not allowed:
+        raise web.HTTPNotFound()  # not 403: do not advertise it
     body = request.app[STATE].metrics.render()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 

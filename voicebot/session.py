@@ -37,8 +37,12 @@ class CallSession:
         state: AppState,
         services: Services | None = None,
         transport: asyncio.BaseTransport | None = None,
+        *,
+        dev_token_only: bool = False,
     ) -> None:
         self.ws = ws
+        self.dev_token_only = dev_token_only
+        """An unsigned upgrade while Twilio signatures are checked: only a token minted by the dev page may open it."""
         self.transport = transport
         self.state = state
         self.services = services
@@ -135,6 +139,9 @@ class CallSession:
                     break
         except TimeoutError:
             return await self._refuse("no_start", "no start message in time")
+        if self.dev_token_only and not self.state.is_dev_call(event.call_sid):
+            # A Twilio stream is always signed: an unsigned one is someone replaying a /voice token.
+            return await self._refuse("bad_token", "unsigned stream for a call the dev page did not place")
         try:
             self.state.tokens.redeem(event.custom_parameters.get("token"), event.call_sid)
         except TokenError as exc:
