@@ -11,9 +11,9 @@ from typing import Any
 import aiohttp
 
 from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, RunningServer
-from voicebot import twilio_wire as wire
 from voicebot.audio import FRAME_BYTES, silence
-from voicebot.security import twilio_signature
+from voicebot.twilio import wire
+from voicebot.twilio.security import twilio_signature
 
 IO_TIMEOUT_S = 10.0
 

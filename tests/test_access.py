@@ -17,7 +17,7 @@ from aiohttp import WSCloseCode
 from tests.conftest import PUBLIC_URL, ServerFactory, make_settings
 from tests.fake_twilio import STREAM_URL, new_call_sid, open_media, post_voice
 from voicebot.access import has_forwarding_header, is_loopback_host
-from voicebot.devpage import DEV_HEADER
+from voicebot.devpage.page import DEV_HEADER
 from voicebot.settings import Settings, SettingsError
 
 PUBLIC_HOST = PUBLIC_URL.removeprefix("https://")

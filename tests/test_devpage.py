@@ -13,11 +13,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import ACCOUNT_SID, PUBLIC_URL, make_settings
-from voicebot.devpage import CSP, DEV_HEADER, DEV_HUB, CallEventHub, add_dev_routes, dev_page_enabled
+from voicebot.call.state import STATE, AppState
+from voicebot.devpage.page import CSP, DEV_HEADER, DEV_HUB, CallEventHub, add_dev_routes, dev_page_enabled
 from voicebot.metrics import Metrics
-from voicebot.security import StreamTokens
-from voicebot.server import STATE, AppState
 from voicebot.settings import Settings
+from voicebot.twilio.security import StreamTokens
 
 IO_TIMEOUT_S = 5.0
 DEV = {DEV_HEADER: "1"}

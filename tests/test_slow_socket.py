@@ -19,9 +19,9 @@ from tests.conftest import AUTH_TOKEN
 from tests.fake_twilio import STREAM_URL, new_call_sid, post_voice
 from tests.world import World
 from voicebot import clips
-from voicebot import twilio_wire as wire
 from voicebot.audio import FRAME_BYTES, silence
-from voicebot.security import twilio_signature
+from voicebot.twilio import wire
+from voicebot.twilio.security import twilio_signature
 
 STALL_S = 1.0
 CLOSE_BOUND_S = 30.0

@@ -6,22 +6,21 @@ import asyncio
 import hashlib
 import hmac
 import secrets
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator
 
 import orjson
 from aiohttp import WSCloseCode, web
 
-from voicebot import twiml
 from voicebot.access import bearer_matches, is_direct_local
-from voicebot.devpage import DEV_HUB, CallEventHub, add_dev_routes, dev_page_enabled
+from voicebot.call.services import SERVICES, services_context
+from voicebot.call.session import CallSession
+from voicebot.call.state import STATE, AppState
+from voicebot.devpage.page import DEV_HUB, CallEventHub, add_dev_routes, dev_page_enabled
 from voicebot.logs import get_logger
 from voicebot.metrics import Metrics
-from voicebot.security import StreamTokens, validate_twilio_signature
-from voicebot.services import SERVICES, services_context
-from voicebot.session import CallSession
 from voicebot.settings import Settings
+from voicebot.twilio import twiml
+from voicebot.twilio.security import StreamTokens, validate_twilio_signature
 
 log = get_logger("voicebot.server")
 
@@ -30,28 +29,6 @@ MAX_CALL_SID_LENGTH = 64
 NOT_CONFIGURED_TEXT = "Sorry, this phone assistant is not configured yet. Please try again later. Goodbye."
 BUSY_TEXT = "Sorry, all of our lines are busy right now. Please call again in a few minutes. Goodbye."
 DRAINING_TEXT = "Sorry, this service is restarting. Please call again in a minute. Goodbye."
-
-
-@dataclass
-class AppState:
-    """Process-wide state shared by every call of one application."""
-
-    settings: Settings
-    metrics: Metrics
-    tokens: StreamTokens
-    sessions: set[CallSession] = field(default_factory=set)
-    draining: bool = False
-    listeners: list[Callable[[str, dict[str, Any]], None]] = field(default_factory=list)
-    is_dev_call: Callable[[str], bool] = lambda _call_sid: False
-    """True for a call placed from the dev page: no Twilio call exists, so it ends by closing the socket."""
-
-    def publish(self, call_sid: str, event: dict[str, Any]) -> None:
-        """Hand a call event to the dev page's event stream (if any listens)."""
-        for listener in self.listeners:
-            listener(call_sid, event)
-
-
-STATE = web.AppKey("state", AppState)
 
 
 def token_secret(settings: Settings) -> bytes:

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, assert_never
+from typing import assert_never
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from voicebot import twilio_wire as wire
-from voicebot.conversation import Conversation
+from voicebot.call.conversation import Conversation
+from voicebot.call.services import Services
+from voicebot.call.state import AppState
 from voicebot.errors import CallEnded, first_leaf
 from voicebot.logs import get_logger
-from voicebot.security import TokenError
+from voicebot.twilio import wire
+from voicebot.twilio.security import TokenError
 
-if TYPE_CHECKING:
-    from voicebot.server import AppState
-    from voicebot.services import Services
-
-log = get_logger("voicebot.session")
+log = get_logger("voicebot.call.session")
 
 MAX_LOGGED_PROTOCOL_ERRORS = 5
 """Per call; further malformed messages are only counted (a bad peer must not flood the log)."""

@@ -1,6 +1,6 @@
 """The local browser softphone: the page at ``/``, its dev-only call endpoint and its per-call event stream.
 
-The page (``voicebot/web/``) acts exactly like Twilio toward ``/media``; the server only has to hand it what the
+The page (``voicebot/devpage/web/``) acts exactly like Twilio toward ``/media``; the server only has to hand it what the
 ``/voice`` webhook would: a CallSid and a stream token. Everything here exists only when the page is enabled
 (by default only when the server is bound to loopback): a stream token is the right to spend provider credits.
 
@@ -19,20 +19,18 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
 
 from voicebot.access import is_direct_local
+from voicebot.call.state import STATE, AppState
 from voicebot.logs import get_logger
 from voicebot.settings import LOOPBACK_NAMES, Settings
 
-if TYPE_CHECKING:
-    from voicebot.server import AppState
-
-log = get_logger("voicebot.devpage")
+log = get_logger("voicebot.devpage.page")
 
 WEB_DIR = Path(__file__).with_name("web")
 CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
@@ -181,8 +179,6 @@ def _allowed_hosts(settings: Settings) -> frozenset[str]:
 
 
 def _app_state(app: web.Application) -> AppState:
-    from voicebot.server import STATE  # late: voicebot.server imports this module
-
     return app[STATE]
 
 
