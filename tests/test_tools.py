@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -259,16 +260,15 @@ LONG_BEFORE = "Let me book a table for two at seven for you right now, this will
 INTERRUPTION = "Wait, stop, I have a different question."
 
 
-async def finals(emu: Emulators, count: int) -> None:
-    await emu.wait_for(
+async def interruption_final(emu: Emulators) -> float:
+    """When the recogniser sent the final result of the caller's interrupting words."""
+    event = await emu.wait_for(
         lambda e: (
-            e.service == "stt"
-            and e.kind == "results"
-            and e.data["is_final"]
-            and len([x for x in emu.select("stt", "results") if x.data["is_final"]]) >= count
+            e.service == "stt" and e.kind == "results" and e.data["is_final"] and "different" in e.data["transcript"]
         ),
         TOOL_WAIT_S * 2,
     )
+    return event.t
 
 
 async def test_barge_in_never_cancels_a_side_effect_and_its_result_reaches_the_next_request(
@@ -283,16 +283,19 @@ async def test_barge_in_never_cancels_a_side_effect_and_its_result_reaches_the_n
     release = asyncio.Event()
     service.answers["/book"] = held(release, '{"booked": true, "table": 12}')
 
-    async def release_after_the_interruption() -> None:
-        await finals(emu, 2)  # the caller's new words are final: the old reply is being cancelled now
+    async def release_after_the_interruption() -> float:
+        interrupted_at = await interruption_final(emu)  # the old reply is being cancelled now
         release.set()
+        return interrupted_at
 
     releaser = asyncio.create_task(release_after_the_interruption())
     result = await world.call(barge_in_steps())
-    await releaser
+    interrupted_at = await releaser
     assert result.ok, result.format_timeline()
 
-    assert len(service.requests) == 1  # booked once, never repeated
+    [booking] = service.requests  # booked once, never repeated
+    assert booking.answered is not None
+    assert booking.received < interrupted_at < booking.answered  # in flight when the reply was cancelled
     assert len(emu.llm.requests) == 2  # no follow-up for the interrupted reply: the next answer carries it
     *_, call, booked, user = messages_of(emu, 1)
     assert user == {"role": "user", "content": INTERRUPTION}
@@ -392,3 +395,56 @@ async def test_get_tools_are_signed_and_secrets_never_reach_logs_or_transcripts(
     for secret in (TOOL_TOKEN, TOOLS_SECRET):
         assert secret not in logs
         assert secret not in transcripts
+
+
+PYTHON_TOOLS = """
+from voicebot.tools import ToolFailed, tool
+
+@tool(description="Loyalty points of the caller.", side_effects=False,
+      parameters={"type": "object", "properties": {}})
+async def loyalty_points(args, call):
+    return {"caller": call.caller, "call_sid": call.call_sid, "points": 120}
+
+@tool(description="Cancel a booking.", parameters={"type": "object", "properties": {"ref": {"type": "string"}}})
+async def cancel_booking(args, call):
+    raise RuntimeError("database is on fire")
+
+@tool(description="Gift card balance.", side_effects=False, parameters={"type": "object", "properties": {}})
+async def gift_card(args, call):
+    raise ToolFailed("error", "the gift card system is down")
+"""
+
+
+async def test_python_tools_are_offered_and_their_failures_are_contained(start_world: Any, tmp_path: Path) -> None:
+    module = tmp_path / "shop_tools.py"
+    module.write_text(PYTHON_TOOLS)
+    world: World = await start_world(tools_module=str(module))
+    emu = world.emu
+    emu.stt.script.append("How many points do I have, and cancel booking B12.")
+    calls = [ToolCall("loyalty_points"), ToolCall("cancel_booking", {"ref": "B12"}), ToolCall("gift_card")]
+    emu.llm.script.extend([LlmReply(tool_calls=calls), "You have a hundred and twenty points."])
+    result = await world.call(ask())
+    assert result.ok, result.format_timeline()
+
+    offered = [t["function"]["name"] for t in emu.llm.requests[0].data["tools"]]
+    assert offered == ["end_call", "loyalty_points", "cancel_booking", "gift_card"]
+    *_, points, crashed, down = messages_of(emu, 1)
+    assert orjson.loads(points["content"]) == {
+        "caller": points_caller(points),
+        "call_sid": result.call_sid,
+        "points": 120,
+    }
+    assert crashed["content"] == "[error, no result] cancel_booking: the tool failed"
+    assert down["content"] == "[error, no result] gift_card: the gift card system is down"
+    assert heard_after_greeting(world, result) == spoken("You have a hundred and twenty points.")
+    async with aiohttp.ClientSession() as http, http.get(world.server.url("/metrics")) as response:
+        metrics = await response.text()
+    assert 'voicebot_tool_calls_total{outcome="ok",tool="loyalty_points"} 1.0' in metrics
+    assert 'voicebot_tool_calls_total{outcome="error",tool="cancel_booking"} 1.0' in metrics
+    assert 'voicebot_tool_seconds_count{tool="gift_card"} 1.0' in metrics
+
+
+def points_caller(message: dict[str, Any]) -> str:
+    caller: str = orjson.loads(message["content"])["caller"]
+    assert caller  # the caller's number reached the tool
+    return caller
