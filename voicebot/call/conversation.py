@@ -66,6 +66,7 @@ HANG_UP_TIMEOUT_S = 10.0
 INTERRUPTED_SUFFIX = " —"
 """Appended to an interrupted reply in the model's history: the caller stopped hearing it there."""
 TRANSCRIPT_RESULT_CHARS = 500
+UNKNOWN_TOOL_LABEL = "(unknown)"
 STILL_RUNNING = "it was started and is still running; do not call it again"
 LOOKUP_CANCELLED = "the caller interrupted, so it was stopped before answering; nothing was changed"
 CONTROL_NOT_DONE = "the caller interrupted this reply, so it was not carried out"
@@ -513,8 +514,10 @@ class Conversation:
     def _record_tool(self, outcome: ToolOutcome) -> None:
         """Every tool call's outcome, when it lands: transcript, metrics, one log line."""
         call = outcome.call
-        self.metrics.tool_calls.labels(call.name, outcome.outcome).inc()
-        self.metrics.tool_seconds.labels(call.name).observe(outcome.duration_s)
+        # A metric label only from our own tool names: the model's made-up names would grow the series unbounded.
+        label = call.name if self.services.tools.get(call.name) is not None else UNKNOWN_TOOL_LABEL
+        self.metrics.tool_calls.labels(label, outcome.outcome).inc()
+        self.metrics.tool_seconds.labels(label).observe(outcome.duration_s)
         duration_ms = round(outcome.duration_s * 1000, 1)
         self.transcript.write(
             "tool_call",
