@@ -214,22 +214,28 @@ async def test_two_tools_run_in_parallel_and_one_follow_up_carries_both(tools_wo
 
 
 FAILURES = [
-    ("http_500", {"time": "19:00", "people": 2}, "the service answered HTTP 500", 1),
-    ("timeout", {"time": "19:00", "people": 2}, "no answer within 0.5 s", 1),
-    ("invalid_arguments", {"time": "19:00", "people": "many"}, "the arguments do not fit its schema", 0),
-    ("invalid_json", '{"time": "19:00", "people": 2', "the arguments were not valid JSON", 0),
-]
+    ("http_500", "book_table", {"time": "19:00", "people": 2}, "the service answered HTTP 500", 1, "http_error"),
+    ("timeout", "book_table", {"time": "19:00", "people": 2}, "no answer within 0.5 s", 1, "timeout"),
+    ("invalid_arguments", "book_table", {"time": "19:00", "people": "many"}, "do not fit its schema", 0,
+     "invalid_arguments"),
+    ("invalid_json", "book_table", '{"time": "19:00", "people": 2', "the arguments were not valid JSON", 0,
+     "invalid_arguments"),
+    ("unknown_tool", "book_tabel", {"time": "19:00"}, "there is no tool of that name", 0, "unknown_tool"),
+]  # fmt: skip
 
 
-@pytest.mark.parametrize(("case", "arguments", "line", "requests"), FAILURES, ids=[f[0] for f in FAILURES])
+@pytest.mark.parametrize(
+    ("case", "name", "arguments", "line", "requests", "outcome"), FAILURES, ids=[f[0] for f in FAILURES]
+)
 async def test_a_failed_tool_gives_the_model_an_error_line_and_the_caller_an_apology(
-    tools_world: Any, service: ToolService, case: str, arguments: Any, line: str, requests: int
-) -> None:
+    tools_world: Any, service: ToolService, case: str, name: str, arguments: Any, line: str, requests: int,
+    outcome: str,
+) -> None:  # fmt: skip
     world: World = await tools_world(timeout_s=0.5)
     emu = world.emu
     emu.stt.script.append("A table for two at seven, please.")
     # The follow-up says nothing: the bot must not leave the caller in silence.
-    emu.llm.script.extend([LlmReply(tool_calls=[ToolCall("book_table", arguments)]), ""])
+    emu.llm.script.extend([LlmReply(tool_calls=[ToolCall(name, arguments)]), ""])
     service.answers["/book"] = fixed(500, "boom") if case == "http_500" else fixed(text="late", delay_s=3.0)
     result = await world.call(ask())
     assert result.ok, result.format_timeline()
@@ -238,10 +244,14 @@ async def test_a_failed_tool_gives_the_model_an_error_line_and_the_caller_an_apo
     assert heard_after_greeting(world, result) == audio_of(world.server.settings.apology)
     tool_message = messages_of(emu, 1)[-1]
     assert tool_message["role"] == "tool"
-    assert tool_message["content"].startswith("[error, no result] book_table: ")
+    assert tool_message["content"].startswith(f"[error, no result] {name}: ")
     assert line in tool_message["content"]
     [record] = tool_lines(world)
-    assert record["outcome"] == {"invalid_json": "invalid_arguments"}.get(case, case).replace("http_500", "http_error")
+    assert record["outcome"] == outcome
+    async with aiohttp.ClientSession() as http, http.get(world.server.url("/metrics")) as response:
+        metrics = await response.text()
+    label = "(unknown)" if case == "unknown_tool" else name  # never the model's made-up name
+    assert f'voicebot_tool_calls_total{{outcome="{outcome}",tool="{label}"}} 1.0' in metrics
 
 
 def barge_in_steps() -> list[Step]:
