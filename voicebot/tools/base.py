@@ -126,7 +126,9 @@ def check_parameters_schema(parameters: Any) -> str | None:
 def truncate(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
-    return text[: max(0, limit - len(TRUNCATED))] + TRUNCATED
+    if limit <= 2 * len(TRUNCATED):  # too short for the marker to leave room for the answer
+        return text[:limit]
+    return text[: limit - len(TRUNCATED)] + TRUNCATED
 
 
 def failure_line(outcome: Outcome, tool: str, reason: str) -> str:
