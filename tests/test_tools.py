@@ -458,3 +458,19 @@ def points_caller(message: dict[str, Any]) -> str:
     caller: str = orjson.loads(message["content"])["caller"]
     assert caller  # the caller's number reached the tool
     return caller
+
+
+async def test_a_long_tool_gets_the_still_working_line_once(tools_world: Any, service: ToolService) -> None:
+    world: World = await tools_world(tool_still_working_after_s=0.3)
+    emu = world.emu
+    emu.stt.script.append("A table for two at seven, please.")
+    reply = "Booked."
+    emu.llm.script.extend([LlmReply(tool_calls=[ToolCall("book_table", {"time": "19:00", "people": 2})]), reply])
+    # Long enough for the filler (after 0.7 s of silence), its audio (1.5 s) and 0.3 s more of silence; short
+    # enough that the answer follows the still-working line without a gap (the caller hangs up after 1.2 s).
+    service.answers["/book"] = fixed(text="booked", delay_s=3.5)
+    result = await world.call(ask())
+    assert result.ok, result.format_timeline()
+
+    still = world.server.settings.tool_still_working
+    assert heard_after_greeting(world, result) == audio_of(BOOK_SAY) + audio_of(still) + spoken(reply)
