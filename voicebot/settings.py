@@ -1,4 +1,5 @@
-"""Typed settings: ``config/voicebot.toml``, then ``.env``, then environment variables (later wins).
+"""Typed settings: ``config/voicebot.toml``, then ``.env``, then ``$CREDENTIALS_DIRECTORY/voicebot.env`` (systemd),
+then environment variables (later wins).
 
 Every setting has one field name (the TOML key) and one environment name: provider settings keep their
 provider's prefix (``DEEPGRAM_API_KEY``), the rest get ``VOICEBOT_`` (``port`` ↔ ``VOICEBOT_PORT``).
@@ -215,6 +216,21 @@ def _split_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+CREDENTIAL_NAME = "voicebot.env"
+"""systemd's ``LoadCredential=voicebot.env:/etc/voicebot/voicebot.env`` (deploy/voicebot.service): a .env-style
+file in ``$CREDENTIALS_DIRECTORY``, between .env and the environment."""
+
+
+def _credential_file(environ: Mapping[str, str]) -> dict[str, str]:
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return {}
+    path = Path(directory) / CREDENTIAL_NAME
+    if not path.is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None,
     env_file: Path | None = Path(".env"),
@@ -226,7 +242,12 @@ def load_settings(
     dotenv: dict[str, str] = {}
     if env_file is not None and env_file.is_file():
         dotenv = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
-    layered_env = {**dotenv, **{k: v for k, v in environ.items() if k in ENV_TO_FIELD or k == "VOICEBOT_CONFIG"}}
+    credential = _credential_file(environ)
+    layered_env = {
+        **dotenv,
+        **credential,
+        **{k: v for k, v in environ.items() if k in ENV_TO_FIELD or k == "VOICEBOT_CONFIG"},
+    }
 
     explicit = config_path or (Path(p) if (p := layered_env.get("VOICEBOT_CONFIG")) else None)
     path = explicit or DEFAULT_CONFIG
@@ -246,7 +267,7 @@ def load_settings(
         if field is None:
             continue
         data[field] = _split_list(value) if field == "backchannels" else value
-        origin[field] = "environment" if env in environ else ".env"
+        origin[field] = "environment" if env in environ else (CREDENTIAL_NAME if env in credential else ".env")
     for field, value in (overrides or {}).items():
         if value is not None:
             data[field] = value
