@@ -56,6 +56,12 @@ class Metrics:
         self.protocol_errors = Counter(
             "voicebot_protocol_errors", "Malformed or unexpected Twilio messages", ["kind"], registry=self.registry
         )
+        self.twilio_status = Counter(
+            "voicebot_twilio_status_callbacks",
+            "Twilio call status callbacks, by CallStatus (forbidden: bad or missing signature)",
+            ["status"],
+            registry=self.registry,
+        )
         self.loop_lag = Histogram(
             "voicebot_event_loop_lag_seconds",
             "How late the event loop ran a timer due every LOOP_LAG_PERIOD_S (a busy loop delays every call)",

@@ -21,6 +21,7 @@ from voicebot.security import StreamTokens, validate_twilio_signature
 from voicebot.services import SERVICES, services_context
 from voicebot.session import CallSession
 from voicebot.settings import Settings
+from voicebot.twilio import outbound, status
 
 log = get_logger("voicebot.server")
 
@@ -38,6 +39,7 @@ class AppState:
     settings: Settings
     metrics: Metrics
     tokens: StreamTokens
+    seal: outbound.ContextSeal
     sessions: set[CallSession] = field(default_factory=set)
     draining: bool = False
     listeners: list[Callable[[str, dict[str, Any]], None]] = field(default_factory=list)
@@ -84,6 +86,10 @@ async def voice(request: web.Request) -> web.Response:
     if not call_sid or len(call_sid) > MAX_CALL_SID_LENGTH:
         state.metrics.reject("bad_request")
         raise web.HTTPBadRequest(text="CallSid is required")
+    if outbound.is_machine(params.get("AnsweredBy")):
+        log.info("call_answered_by_machine", call_sid=call_sid, answered_by=params.get("AnsweredBy"))
+        return _twiml(twiml.say_and_hang_up(settings.machine_message))
+    context = _call_context(request, settings, call_sid)
     if state.draining:
         state.metrics.reject("draining")
         log.info("call_rejected", reason="draining", call_sid=call_sid)
@@ -97,7 +103,22 @@ async def voice(request: web.Request) -> web.Response:
         log.warning("call_rejected", reason="capacity", active=len(state.sessions), call_sid=call_sid)
         return _twiml(twiml.say_and_hang_up(BUSY_TEXT))
     log.info("call_answered", call_sid=call_sid)
-    return _twiml(twiml.connect_stream(settings.stream_url, {"token": state.tokens.mint(call_sid)}))
+    parameters = {"token": state.tokens.mint(call_sid), **state.seal.parameters(call_sid, context)}
+    return _twiml(twiml.connect_stream(settings.stream_url, parameters))
+
+
+def _call_context(request: web.Request, settings: Settings, call_sid: str) -> str | None:
+    """An outbound call's context from the webhook URL, trusted only when Twilio signed that URL."""
+    if outbound.CONTEXT_PARAM not in request.query:
+        return None
+    if settings.twilio_auth_token is None:
+        log.warning("call_context_ignored", reason="unsigned: set TWILIO_AUTH_TOKEN", call_sid=call_sid)
+        return None
+    try:
+        return outbound.context_from_query(request.query_string)
+    except outbound.ContextError as exc:
+        log.warning("call_context_ignored", reason=str(exc), call_sid=call_sid)
+        return None
 
 
 async def media(request: web.Request) -> web.StreamResponse:
@@ -137,6 +158,11 @@ async def media(request: web.Request) -> web.StreamResponse:
         if session.start is not None:
             state.publish(session.start.call_sid, {"type": "call_ended", "reason": session.end_reason or "crashed"})
     return ws
+
+
+async def twilio_status(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return await status.handle_status(request, state.settings, state.metrics)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -195,7 +221,10 @@ async def loop_lag_monitor(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     """Build the application."""
     app = web.Application(client_max_size=MAX_WEBHOOK_BYTES)
-    app[STATE] = AppState(settings=settings, metrics=Metrics(), tokens=StreamTokens(token_secret(settings)))
+    secret = token_secret(settings)
+    app[STATE] = AppState(
+        settings=settings, metrics=Metrics(), tokens=StreamTokens(secret), seal=outbound.ContextSeal(secret)
+    )
     state = app[STATE]
     hub = CallEventHub()
     app[DEV_HUB] = hub
@@ -205,6 +234,7 @@ def create_app(settings: Settings) -> web.Application:
         add_dev_routes(app, hub)
     app.router.add_post("/voice", voice)
     app.router.add_get("/media", media)
+    app.router.add_post(status.PATH, twilio_status)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.on_shutdown.append(drain)

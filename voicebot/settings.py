@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 DEFAULT_CONFIG = Path("config/voicebot.toml")
 _PROVIDER_PREFIXES = ("deepgram_", "openai_", "twilio_")
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 
 
 class SettingsError(ValueError):
@@ -62,6 +64,9 @@ class Settings(BaseModel):
     goodbye: str = "Thanks for calling. Goodbye!"
     prompt_file: Path = Path("config/system_prompt.md")
     transfer_number: str = ""
+    machine_message: str = (
+        "Hello, this is an automated call from your voice assistant. Please call us back when you can. Goodbye."
+    )
     transcript_dir: Path = Path("transcripts")
     idle_timeout_s: float = Field(8.0, gt=0)
     idle_reprompts: int = Field(2, ge=0)
@@ -93,6 +98,14 @@ class Settings(BaseModel):
     twilio_account_sid: str = ""
     twilio_auth_token: SecretStr | None = None
     twilio_api_base_url: str = "https://api.twilio.com"
+    twilio_from_number: str = ""
+
+    @field_validator("twilio_from_number")
+    @classmethod
+    def _e164(cls, value: str) -> str:
+        if value and not E164.fullmatch(value):
+            raise ValueError("must be a phone number in E.164 form, like +15551234567")
+        return value
 
     @field_validator("deepgram_tts_encoding")
     @classmethod

@@ -90,8 +90,8 @@ CalleeScript = Callable[[], list[Step]]
 
 
 def human_callee_script() -> list[Step]:
-    """The default person who answers: hears the greeting out, says goodbye, stays on until the bot hangs up."""
-    return [WaitForBotAudio(15.0), WaitForBotSilence(15.0, 700), Say("goodbye")]
+    """The default person who answers: hears the greeting out, asks one thing, stays on until the bot hangs up."""
+    return [WaitForBotAudio(15.0), WaitForBotSilence(15.0, 700), Say("hours")]
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Everything Twilio-specific: webhooks, callbacks, outbound calls and the account's numbers."""
