@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from voicebot.conversation import SHUTDOWN_GOODBYE_TIMEOUT_S
+from voicebot.call.conversation import SHUTDOWN_GOODBYE_TIMEOUT_S
 from voicebot.settings import CREDENTIAL_NAME, Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent

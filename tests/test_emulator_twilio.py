@@ -14,7 +14,7 @@ from twilio.rest import Client
 
 from tests.emulator_fixtures import CALL_SID, EVENT_TIMEOUT_S, TWILIO_SID, TWILIO_TOKEN
 from voicebot.emulators import Callee, EmulatedNumber, Emulators
-from voicebot.security import validate_twilio_signature
+from voicebot.twilio.security import validate_twilio_signature
 
 HANGUP_TWIML = "<Response><Hangup/></Response>"
 

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import AUTH_TOKEN, PUBLIC_URL, RunningServer, ServerFactory
 from tests.world import World
 from voicebot.caller import HangUp, WaitForBotAudio, WaitForBotSilence
-from voicebot.security import twilio_signature
+from voicebot.twilio.security import twilio_signature
 
 CALL_SID = "CA" + "5" * 32
 

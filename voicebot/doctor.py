@@ -24,6 +24,7 @@ import aiohttp
 from voicebot.settings import Settings, SettingsError, load_settings
 from voicebot.twilio.account import TwilioAccount, TwilioApiError, explain
 from voicebot.twilio.cli import ConnectorFactory, bot_urls, number_overrides, public_url_problem
+from voicebot.twilio.security import twilio_signature
 
 PROBE_TIMEOUT_S = 5.0
 Level = Literal["ok", "warning", "PROBLEM"]
@@ -114,7 +115,7 @@ async def check_listening(settings: Settings, http: aiohttp.ClientSession, repor
 
 async def check_public_url(settings: Settings, http: aiohttp.ClientSession, report: Report) -> None:
     """What Twilio would meet: an unsigned webhook must get 403 (so it reaches the bot, which checks signatures),
-    and the proxy must pass the WebSocket upgrade on /media."""
+    and the proxy must pass a (signed) WebSocket upgrade on /media; the probe stream closes before ``start``."""
     voice, _ = bot_urls(settings)
     timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
     try:
@@ -136,8 +137,15 @@ async def check_public_url(settings: Settings, http: aiohttp.ClientSession, repo
         return
     else:
         report.warn(f"{voice} answered HTTP {status} to an unsigned request (403 expected with TWILIO_AUTH_TOKEN)")
+    headers = {}
+    if settings.twilio_auth_token is not None:  # signed as Twilio signs it: the bot refuses unsigned streams
+        headers["X-Twilio-Signature"] = twilio_signature(
+            settings.twilio_auth_token.get_secret_value(), settings.stream_url, {}
+        )
     try:
-        ws = await http.ws_connect(settings.stream_url, timeout=aiohttp.ClientWSTimeout(ws_close=PROBE_TIMEOUT_S))
+        ws = await http.ws_connect(
+            settings.stream_url, headers=headers, timeout=aiohttp.ClientWSTimeout(ws_close=PROBE_TIMEOUT_S)
+        )
     except aiohttp.WSServerHandshakeError as exc:
         report.problem(
             f"{settings.stream_url}: WebSocket upgrade refused (HTTP {exc.status}); Twilio fails with 31920: the proxy "

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from voicebot.caller import SimulatedCaller
-from voicebot.security import twilio_signature
+from voicebot.twilio.security import twilio_signature
 
 from .config import TwilioConfig
 from .log import EventLog

@@ -8,13 +8,14 @@ status, and appended to the call's transcript file, whether or not its media str
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 
 from voicebot.logs import get_logger
 from voicebot.metrics import Metrics
-from voicebot.security import validate_twilio_signature
 from voicebot.settings import Settings
-from voicebot.transcript import TranscriptWriter
+from voicebot.twilio.security import validate_twilio_signature
 
 log = get_logger("voicebot.twilio.status")
 
@@ -44,7 +45,13 @@ def signed_form(settings: Settings, request: web.Request, form: dict[str, str]) 
     return validate_twilio_signature(settings.twilio_auth_token.get_secret_value(), url, form, signature)
 
 
-async def handle_status(request: web.Request, settings: Settings, metrics: Metrics) -> web.Response:
+AppendLine = Callable[[Settings, str, str, dict[str, str]], None]
+"""Appends one line (kind, fields) to a call's transcript file: the server's, as twilio/ never imports call/."""
+
+
+async def handle_status(
+    request: web.Request, settings: Settings, metrics: Metrics, append_line: AppendLine
+) -> web.Response:
     form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
     if not signed_form(settings, request, form):
         metrics.twilio_status.labels("forbidden").inc()
@@ -60,9 +67,5 @@ async def handle_status(request: web.Request, settings: Settings, metrics: Metri
     status = fields.get("status", "")
     metrics.twilio_status.labels(status if status in CALL_STATUSES else "other").inc()
     log.info("twilio_status", call_sid=call_sid, **fields)
-    transcript = TranscriptWriter(settings.transcript_dir, call_sid)
-    try:
-        transcript.write("twilio_status", **fields)
-    finally:
-        transcript.close()
+    append_line(settings, call_sid, "twilio_status", fields)
     return web.Response(status=204)
