@@ -8,12 +8,5 @@ if command -v caddy >/dev/null; then
     exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null || { echo "install_caddy.sh: need root or sudo to apt-get install caddy" >&2; exit 1; }
-    SUDO="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq caddy >/dev/null
+bash "$(dirname "$0")/apt_install.sh" caddy
 echo "caddy: $(caddy version 2>/dev/null | head -n1)"
