@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from bench_analysis import Phase, Window, live_through, top_functions
+from bench_analysis import Phase, Window, live_through, pct, top_functions
 from bench_procs import (
     LOAD_CORE,
     ROOT,
@@ -159,39 +159,54 @@ class Bench:
         """Run ``calls`` callers against server ``kind``; with ``measure``, sample the server while all are live."""
         port = self.ports[kind]
         server = self.procs.running[kind]
-        out = self.work / f"{name}.calls.json"
         await http_json("GET", f"{self.emu_url}/bench/events")  # start this phase's event log afresh
         window = None
         if measure is not None:
             window = Window(rss_idle_mib=rss_mib(server.pid))
-        argv = [PY, LOAD, "callers", "--server", f"http://127.0.0.1:{port}", "--public-url",
-                f"https://127.0.0.1:{port}", "--calls", str(calls), "--duration-s", str(duration_s),
-                "--spacing-s", str(self.args.spacing_s), "--script", script, "--out", str(out)]  # fmt: skip
-        if kind == "voicebot":
-            argv += ["--auth-token", AUTH_TOKEN]
-        callers = await self.procs.start(f"callers-{name}", argv, LOAD_CORE, stdout=True)
-        assert callers.stdout is not None
-        print(f"bench: {name}: {calls} call(s) of {duration_s:.0f} s ({script}) against {kind}", file=sys.stderr)
+        procs = self.caller_processes(calls)
+        started = []
+        for i in range(procs):
+            share = calls // procs + (1 if i < calls % procs else 0)
+            out = self.work / f"{name}.{i}.calls.json"
+            argv = [PY, LOAD, "callers", "--server", f"http://127.0.0.1:{port}", "--public-url",
+                    f"https://127.0.0.1:{port}", "--calls", str(share), "--duration-s", str(duration_s),
+                    "--spacing-s", str(self.args.spacing_s * procs), "--offset-s", str(self.args.spacing_s * i),
+                    "--script", script, "--out", str(out)]  # fmt: skip
+            if kind == "voicebot":
+                argv += ["--auth-token", AUTH_TOKEN]
+            started.append((out, await self.procs.start(f"callers-{name}-{i}", argv, LOAD_CORE, stdout=True)))
+        print(f"bench: {name}: {calls} call(s) of {duration_s:.0f} s ({script}) against {kind}, {procs} caller "
+              f"process(es)", file=sys.stderr)  # fmt: skip
         if measure is not None and window is not None:
             async with asyncio.timeout(LIVE_TIMEOUT_S + calls * self.args.spacing_s):
-                while not (line := await callers.stdout.readline()).startswith(b"LIVE"):
-                    if not line:
-                        raise RuntimeError(f"{name}: the callers exited before all calls were live")
+                for _, callers in started:
+                    assert callers.stdout is not None
+                    while not (line := await callers.stdout.readline()).startswith(b"LIVE"):
+                        if not line:
+                            raise RuntimeError(f"{name}: the callers exited before all calls were live")
             await self.measure(kind, server.pid, window, measure, profile)
+        results = []
         async with asyncio.timeout(duration_s + calls * self.args.spacing_s + 60):
-            await callers.communicate()
-        self.procs.running.pop(f"callers-{name}", None)
-        result = orjson.loads(out.read_bytes())
+            for i, (out, callers) in enumerate(started):
+                await callers.communicate()
+                self.procs.running.pop(f"callers-{name}-{i}", None)
+                results.append(orjson.loads(out.read_bytes()))
         emu = await http_json("GET", f"{self.emu_url}/bench/events")
         phase = Phase(
-            name=name, calls=result["calls"], events=emu["events"], caller_lag_s=result["lag_s"],
-            caller_cpu_s=result["cpu_s"], caller_wall_s=result["wall_s"], emulator_lag_s=emu["lag_s"],
-            emulator_cpu_s=emu["cpu_s"], errors=result["errors"], window=window,
+            name=name, calls=[c for r in results for c in r["calls"]], events=emu["events"],
+            caller_lag_s=[x for r in results for x in r["lag_s"]], caller_cpu_s=sum(r["cpu_s"] for r in results),
+            caller_wall_s=max(r["wall_s"] for r in results), emulator_lag_s=emu["lag_s"], emulator_cpu_s=emu["cpu_s"],
+            errors=[e for r in results for e in r["errors"]], window=window,
+            caller_procs=[(r["cpu_s"] / max(r["wall_s"], 1e-9), pct(r["lag_s"], 99)) for r in results],
         )  # fmt: skip
         if window is not None:
             window.live_calls = sum(1 for c in phase.calls if live_through(c, window.t0, window.t1))
         self.phases[name] = phase
         return phase
+
+    def caller_processes(self, calls: int) -> int:
+        """Callers are spread over processes, ``--calls-per-process`` each, so that no caller loop lags."""
+        return max(1, -(-calls // self.args.calls_per_process))
 
     async def measure(self, kind: str, pid: int, window: Window, timing: Timing, profile: bool) -> None:
         await asyncio.sleep(timing.settle_s)
@@ -199,7 +214,9 @@ class Bench:
         if kind == "voicebot":
             window.metrics0 = await http_text(metrics_url)
         window.t0, cpu0 = time.monotonic(), cpu_seconds(pid)
-        delay0, busy0 = run_delay_s(pid), core_busy_s(SERVER_CORE)
+        delay0, busy0, load0 = run_delay_s(pid), core_busy_s(SERVER_CORE), core_busy_s(LOAD_CORE)
+        gen = [p.pid for name, p in self.procs.running.items() if name.startswith(("callers-", "emulators"))]
+        gen0 = sum(cpu_seconds(g) for g in gen)
         rss = []
         for _ in range(RSS_SAMPLES):
             await asyncio.sleep(timing.window_s / RSS_SAMPLES)
@@ -208,6 +225,8 @@ class Bench:
         window.cpu_s = cpu1 - cpu0
         window.run_delay_s = run_delay_s(pid) - delay0
         window.core_busy_s = core_busy_s(SERVER_CORE) - busy0
+        window.load_core_busy_s = core_busy_s(LOAD_CORE) - load0
+        window.load_gen_cpu_s = sum(cpu_seconds(g) for g in gen) - gen0
         window.rss_mib = sorted(rss)[len(rss) // 2]
         if kind == "voicebot":
             window.metrics1 = await http_text(metrics_url)
@@ -235,6 +254,9 @@ class Bench:
     # --- the whole run ---
 
     async def run(self) -> None:
+        if self.args.sweep:
+            await self.run_sweep()
+            return
         t = self.timing
         n = self.args.calls
         await self.start_emulators()
@@ -269,8 +291,34 @@ class Bench:
         await self.run_phase("pc_n", "pipecat", calls=m, script="talk", duration_s=pc_s, measure=t)
         await self.procs.stop("pipecat")
 
+    async def run_sweep(self) -> None:
+        """voicebot at each N of ``--sweep-calls`` (the same talk script and provider latency), then the floor relay
+        at ``--calls``; the server profiled at ``--calls``."""
+        t = self.timing
+        await self.start_emulators()
+        await self.start_server("voicebot")
+        await self.configure(LOADED)
+        for n in self.args.sweep_calls:
+            profile = n == self.args.calls
+            duration = n * self.args.spacing_s + t.settle_s + t.window_s + (t.profile_s if profile else 0) + 3
+            await self.run_phase(f"sweep_{n}", "voicebot", calls=n, script="talk", duration_s=duration, measure=t,
+                                 profile=profile)  # fmt: skip
+        await self.procs.stop("voicebot")
+        await self.start_server("relay")
+        n = self.args.calls
+        await self.run_phase("relay_n", "relay", calls=n, script="talk",
+                             duration_s=n * self.args.spacing_s + t.settle_s + t.window_s + 3, measure=t)  # fmt: skip
+        await self.procs.stop("relay")
+
 
 # --- main ---------------------------------------------------------------------------------------------------
+
+
+SWEEP = (1, 10, 25, 50, 100, 150)
+
+
+def parse_calls(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -282,6 +330,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pipecat-turn", choices=["smart-turn", "speech-timeout"], default="smart-turn")
     p.add_argument("--skip-pipecat", action="store_true")
     p.add_argument("--spacing-s", type=float, default=0.05, help="between call starts")
+    p.add_argument(
+        "--sweep", action="store_true", help="the load sweep: voicebot at each --sweep-calls, then the relay"
+    )
+    p.add_argument(
+        "--sweep-calls", type=parse_calls, default=SWEEP, help="comma-separated (default 1,10,25,50,100,150)"
+    )
+    p.add_argument("--calls-per-process", type=int, default=25, help="simulated callers per load process")
     p.add_argument("--base-port", type=int, default=18711)
     p.add_argument("--out", type=Path, default=ROOT / "build" / "bench" / "results.md")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, transcripts, call data)")

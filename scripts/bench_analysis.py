@@ -35,6 +35,10 @@ class Window:
     rss_idle_mib: float = 0.0
     run_delay_s: float = 0.0
     core_busy_s: float = 0.0
+    load_core_busy_s: float = 0.0
+    """The load generator's core (callers and emulators) busy in the window, all processes (the machine is shared)."""
+    load_gen_cpu_s: float = 0.0
+    """CPU of the load generator's own processes (callers and emulators) in the window."""
     live_calls: int = 0
     metrics0: str = ""
     metrics1: str = ""
@@ -55,6 +59,8 @@ class Phase:
     emulator_cpu_s: float
     errors: list[str]
     window: Window | None = None
+    caller_procs: list[tuple[float, float | None]] = field(default_factory=list)
+    """Per caller process: CPU share of its wall time, its event-loop lag p99 (s)."""
 
 
 def live_through(call: dict[str, Any], t0: float, t1: float) -> bool:

@@ -17,6 +17,7 @@ from bench_analysis import (
     HOPS,
     OUTSIDE,
     Phase,
+    Window,
     barge_ins,
     caller_latency,
     histogram,
@@ -134,7 +135,7 @@ def report(bench: Bench, started: float) -> tuple[str, dict[str, Any]]:
         lines.append(f"| barge-ins attempted / without a clear | {b.barges} / {b.missed_clear} | | |")
 
     # Cost.
-    vb, relay, pc = ph.get("vb_n"), ph.get("relay_n"), ph.get("pc_n")
+    vb, relay, pc = ph.get("vb_n") or ph.get(f"sweep_{n}"), ph.get("relay_n"), ph.get("pc_n")
     lines += [
         "",
         f"## Cost at load (server pinned to core {SERVER_CORE}; callers and emulators on core {LOAD_CORE})",
@@ -218,6 +219,10 @@ def report(bench: Bench, started: float) -> tuple[str, dict[str, Any]]:
                     f"{'yes' if ma is not None and mb is not None and ma < mb else 'no' if ma and mb else 'n/a'} |"
                 )
 
+    # The load sweep.
+    sweep_lines, raw["sweep"] = sweep_section(bench)
+    lines += sweep_lines
+
     # Load generator health.
     lines += ["", "## Load generator health (if these lag, the figures above are pessimistic)", ""]
     lines += ["| phase | calls ok / placed | failures | callers CPU | callers lag p99 | emulators CPU | "
@@ -246,6 +251,78 @@ def report(bench: Bench, started: float) -> tuple[str, dict[str, Any]]:
     lines += ["", *[f"- note: {note}" for note in bench.notes]]
     lines.append(f"- run took {time.monotonic() - started:.0f} s; raw data in {bench.args.out.parent}")
     return "\n".join(lines) + "\n", raw
+
+
+def loop_lag_p99_ms(w: Window) -> float | None:
+    """The server's event-loop lag p99 in a window, from two scrapes of its /metrics histogram."""
+    name = "voicebot_event_loop_lag_seconds"
+    lag, _n = histogram_quantile(histogram(w.metrics0, name), histogram(w.metrics1, name), 0.99)
+    return _ms(lag)
+
+
+TAIL_BUSY = 0.70
+"""The tail target holds wherever the server's core is less busy than this."""
+TAIL_P99_SLACK_MS = 50.0
+TAIL_LAG_P99_MS = 10.0
+
+
+def sweep_section(bench: Bench) -> tuple[list[str], list[dict[str, Any]]]:
+    """One row per N of the sweep: the caller's whole turn, the server's own hops, its CPU and loop lag, and the
+    load generator's health beside every figure."""
+    phases = [p for name, p in bench.phases.items() if name.startswith("sweep_") and p.window is not None]
+    if not phases:
+        return [], []
+    base = next((caller_latency(p) for p in phases if len(p.calls) == 1), [])
+    base_p99 = pct(base, 99)
+    lines = ["", f"## Load sweep (server on core {SERVER_CORE}; callers and emulators on core {LOAD_CORE})", ""]
+    lines += [
+        "Whole turn = caller speech end → first bot media (ms, every turn of the phase). Server hops p99 from its "
+        "transcripts: STT final → LLM request / segment → TTS request / TTS first byte → media. Tail target (where the "
+        f"server's core is < {TAIL_BUSY:.0%} busy): whole-turn p99 ≤ 1-call p99 + {TAIL_P99_SLACK_MS:.0f} ms and "
+        f"loop lag p99 ≤ {TAIL_LAG_P99_MS:.0f} ms.",
+        "",
+        "| N | live | whole turn p50 / p95 / p99 (n) | server hops p99 | server CPU (waiting) | CPU / call-min "
+        "| loop lag p99 | load generator CPU (load core busy, all processes) | caller procs: max CPU, max lag p99 "
+        "| emulators lag p99 | calls ok | tail |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    raw = []
+    for phase in phases:
+        w = phase.window
+        assert w is not None
+        span = max(w.t1 - w.t0, 1e-9)
+        lat = caller_latency(phase)
+        inside, _ = server_hops(bench.transcripts, [c["call_sid"] for c in phase.calls])
+        hops = " / ".join(fmt(pct(inside[h], 99)) for h in HOPS)
+        busy = w.cpu_s / span
+        lag = loop_lag_p99_ms(w)
+        proc_cpu = max((c for c, _ in phase.caller_procs), default=0.0)
+        proc_lag = max((lg for _, lg in phase.caller_procs if lg is not None), default=None)
+        ok = sum(1 for c in phase.calls if c["ok"])
+        p99 = pct(lat, 99)
+        if busy >= TAIL_BUSY:
+            tail = f"n/a (core {busy:.0%})"
+        elif p99 is None or base_p99 is None or lag is None:
+            tail = "n/a"
+        else:
+            good = p99 <= base_p99 + TAIL_P99_SLACK_MS and lag <= TAIL_LAG_P99_MS
+            tail = "PASS" if good else "MISS"
+        lines.append(
+            f"| {len(phase.calls)} | {w.live_calls} | {p3(lat)} | {hops} | {busy:.0%} ({w.run_delay_s / span:.0%}) | "
+            f"{fmt(cpu_per_call_minute(phase), 3)} | {fmt(lag)} ms | {w.load_gen_cpu_s / span:.0%} "
+            f"({w.load_core_busy_s / span:.0%}) | "
+            f"{len(phase.caller_procs)}: {proc_cpu:.0%}, {fmt(_ms(proc_lag))} ms | "
+            f"{fmt(_ms(pct(phase.emulator_lag_s, 99)))} ms | {ok} / {len(phase.calls)} | {tail} |"
+        )
+        raw.append({
+            "calls": len(phase.calls), "live": w.live_calls, "whole_turn_ms": lat, "server_hops_ms": inside,
+            "server_busy": busy, "cpu_per_call_minute": cpu_per_call_minute(phase), "loop_lag_p99_ms": lag,
+            "load_core_busy": w.load_core_busy_s / span, "load_gen_cpu": w.load_gen_cpu_s / span,
+            "server_run_delay": w.run_delay_s / span, "caller_procs": phase.caller_procs,
+            "emulator_lag_p99_ms": _ms(pct(phase.emulator_lag_s, 99)), "ok": ok, "rss_mib": w.rss_mib,
+            "rss_idle_mib": w.rss_idle_mib, "cpu_s": w.cpu_s, "window_s": span,
+        })  # fmt: skip
+    return lines, raw
 
 
 def _ms(v: float | None) -> float | None:
