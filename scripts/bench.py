@@ -95,11 +95,12 @@ class Bench:
         self.work = work
         self.timing = FULL if args.full else SMOKE if args.smoke else DEFAULT
         self.procs = Procs(work)
-        emu, vb, relay, pc = pick_ports(args.base_port, 4)
+        emu, vb, relay, pc, base = pick_ports(args.base_port, 5)
         self.emu_url = f"http://127.0.0.1:{emu}"
         self.emu_port = emu
-        self.ports = {"voicebot": vb, "relay": relay, "pipecat": pc}
+        self.ports = {"voicebot": vb, "relay": relay, "pipecat": pc, "base": base}
         self.transcripts = work / "transcripts"
+        self.transcripts_base = work / "transcripts-base"
         self.phases: dict[str, Phase] = {}
         self.server_log = work / "voicebot.log"
         self.notes: list[str] = []
@@ -114,7 +115,7 @@ class Bench:
     async def start_server(self, kind: str) -> asyncio.subprocess.Process:
         port = self.ports[kind]
         public = f"https://127.0.0.1:{port}"
-        if kind == "voicebot":
+        if kind in ("voicebot", "base"):
             env = {
                 "DEEPGRAM_API_KEY": "bench", "OPENAI_API_KEY": "bench",
                 "DEEPGRAM_BASE_URL": self.emu_url, "OPENAI_BASE_URL": f"{self.emu_url}/v1",
@@ -124,7 +125,11 @@ class Bench:
                 # info, not warning: the barge-in phase reads the server's barge_in_clear lines (a few per call).
                 "VOICEBOT_LOG_LEVEL": "info",
             }  # fmt: skip
-            proc = await self.procs.start("voicebot", [PY, "-m", "voicebot"], SERVER_CORE, env)
+            cwd = ROOT
+            if kind == "base":  # the same server from another source tree, for before/after in one run
+                cwd = self.args.baseline.resolve()
+                env |= {"PYTHONPATH": str(cwd), "VOICEBOT_TRANSCRIPT_DIR": str(self.transcripts_base)}
+            proc = await self.procs.start(kind, [PY, "-m", "voicebot"], SERVER_CORE, env, cwd=cwd)
             await wait_http(f"http://127.0.0.1:{port}/healthz", lambda s, t: s == 200 and '"ok"' in t, 60)
             await asyncio.sleep(1.0)  # the fixed phrases are synthesised at startup
         elif kind == "relay":
@@ -136,7 +141,7 @@ class Bench:
                     "--emulator-url", self.emu_url, "--public-url", public, "--log-level", "WARNING",
                     "--turn", self.args.pipecat_turn]  # fmt: skip
             proc = await self.procs.start("pipecat", argv, SERVER_CORE)
-        if kind != "voicebot":
+        if kind not in ("voicebot", "base"):
             await wait_http(f"http://127.0.0.1:{port}/voice", lambda s, _: s in (200, 405), STARTUP_TIMEOUT_S)
         return proc
 
@@ -172,7 +177,7 @@ class Bench:
                     f"https://127.0.0.1:{port}", "--calls", str(share), "--duration-s", str(duration_s),
                     "--spacing-s", str(self.args.spacing_s * procs), "--offset-s", str(self.args.spacing_s * i),
                     "--script", script, "--out", str(out)]  # fmt: skip
-            if kind == "voicebot":
+            if kind in ("voicebot", "base"):
                 argv += ["--auth-token", AUTH_TOKEN]
             started.append((out, await self.procs.start(f"callers-{name}-{i}", argv, LOAD_CORE, stdout=True)))
         print(f"bench: {name}: {calls} call(s) of {duration_s:.0f} s ({script}) against {kind}, {procs} caller "
@@ -211,7 +216,7 @@ class Bench:
     async def measure(self, kind: str, pid: int, window: Window, timing: Timing, profile: bool) -> None:
         await asyncio.sleep(timing.settle_s)
         metrics_url = f"http://127.0.0.1:{self.ports[kind]}/metrics"
-        if kind == "voicebot":
+        if kind in ("voicebot", "base"):
             window.metrics0 = await http_text(metrics_url)
         window.t0, cpu0 = time.monotonic(), cpu_seconds(pid)
         delay0, busy0, load0 = run_delay_s(pid), core_busy_s(SERVER_CORE), core_busy_s(LOAD_CORE)
@@ -228,17 +233,17 @@ class Bench:
         window.load_core_busy_s = core_busy_s(LOAD_CORE) - load0
         window.load_gen_cpu_s = sum(cpu_seconds(g) for g in gen) - gen0
         window.rss_mib = sorted(rss)[len(rss) // 2]
-        if kind == "voicebot":
+        if kind in ("voicebot", "base"):
             window.metrics1 = await http_text(metrics_url)
         if profile:
-            await self.profile(pid, window, timing.profile_s)
+            await self.profile(kind, pid, window, timing.profile_s)
 
-    async def profile(self, pid: int, window: Window, seconds: float) -> None:
+    async def profile(self, kind: str, pid: int, window: Window, seconds: float) -> None:
         """py-spy on the loaded server, after the CPU window (sampling pauses the process)."""
         if not PYSPY.exists():
             self.notes.append("py-spy not installed in .venv: no profile (`.venv/bin/pip install py-spy`)")
             return
-        raw = self.work / "profile.txt"
+        raw = self.work / ("profile.txt" if kind == "voicebot" else f"profile-{kind}.txt")
         argv = [str(PYSPY), "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "100", "-f", "raw",
                 "--native", "-o", str(raw)]  # fmt: skip
         proc = await self.procs.start("py-spy", argv, LOAD_CORE)
@@ -248,7 +253,7 @@ class Bench:
         if not raw.exists():
             self.notes.append(f"py-spy failed (exit {proc.returncode}); see {self.work / 'py-spy.log'}")
             return
-        shutil.copy(raw, self.args.out.parent / "profile.txt")
+        shutil.copy(raw, self.args.out.parent / raw.name)
         window.profile, window.profile_native, window.profile_total = top_functions(raw.read_text())
 
     # --- the whole run ---
@@ -297,13 +302,19 @@ class Bench:
         t = self.timing
         await self.start_emulators()
         await self.start_server("voicebot")
+        if self.args.baseline:
+            await self.start_server("base")  # idle while the other runs (0.2 % of a core)
         await self.configure(LOADED)
         for n in self.args.sweep_calls:
             profile = n == self.args.calls
             duration = n * self.args.spacing_s + t.settle_s + t.window_s + (t.profile_s if profile else 0) + 3
+            if self.args.baseline:
+                await self.run_phase(f"base_{n}", "base", calls=n, script="talk", duration_s=duration, measure=t,
+                                     profile=profile)  # fmt: skip
             await self.run_phase(f"sweep_{n}", "voicebot", calls=n, script="talk", duration_s=duration, measure=t,
                                  profile=profile)  # fmt: skip
         await self.procs.stop("voicebot")
+        await self.procs.stop("base")
         await self.start_server("relay")
         n = self.args.calls
         await self.run_phase("relay_n", "relay", calls=n, script="talk",
@@ -336,6 +347,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--sweep-calls", type=parse_calls, default=SWEEP, help="comma-separated (default 1,10,25,50,100,150)"
     )
+    p.add_argument("--baseline", type=Path, help="with --sweep: also run the server from this source tree, per N")
     p.add_argument("--calls-per-process", type=int, default=25, help="simulated callers per load process")
     p.add_argument("--base-port", type=int, default=18711)
     p.add_argument("--out", type=Path, default=ROOT / "build" / "bench" / "results.md")

@@ -29,13 +29,19 @@ class Procs:
         self.running: dict[str, asyncio.subprocess.Process] = {}
 
     async def start(
-        self, name: str, argv: Sequence[str], core: str, env: dict[str, str] | None = None, stdout: bool = False
+        self,
+        name: str,
+        argv: Sequence[str],
+        core: str,
+        env: dict[str, str] | None = None,
+        stdout: bool = False,
+        cwd: Path = ROOT,
     ) -> asyncio.subprocess.Process:
         log = (self.logs / f"{name}.log").open("ab")
         proc = await asyncio.create_subprocess_exec(
             "taskset", "-c", core, *argv,
             stdout=asyncio.subprocess.PIPE if stdout else log, stderr=log, stdin=asyncio.subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, cwd=ROOT, start_new_session=True,
+            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
         )  # fmt: skip
         log.close()
         self.running[name] = proc

@@ -238,10 +238,13 @@ def report(bench: Bench, started: float) -> tuple[str, dict[str, Any]]:
             f"{fmt(_ms(pct(phase.emulator_lag_s, 99)))} ms |"
         )
 
-    # Profile.
-    if vb is not None and vb.window is not None and vb.window.profile:
-        w = vb.window
-        lines += ["", f"## Profile of the server at {n} calls (py-spy --native, {w.profile_total} busy samples)", ""]
+    # Profiles.
+    for phase in ph.values():
+        w = phase.window
+        if w is None or not w.profile:
+            continue
+        lines += ["", f"## Profile: {phase.name}, {len(phase.calls)} calls (py-spy --native, {w.profile_total} busy "
+                  "samples)", ""]  # fmt: skip
         lines += ["Self time per Python function (time in C called from it is charged to it; idle left out):", ""]
         lines += ["| function (module) | % of busy samples |", "|---|---|"]
         lines += [f"| `{name}` | {100 * count / w.profile_total:.1f} |" for name, count in w.profile]
@@ -269,11 +272,10 @@ TAIL_LAG_P99_MS = 10.0
 def sweep_section(bench: Bench) -> tuple[list[str], list[dict[str, Any]]]:
     """One row per N of the sweep: the caller's whole turn, the server's own hops, its CPU and loop lag, and the
     load generator's health beside every figure."""
-    phases = [p for name, p in bench.phases.items() if name.startswith("sweep_") and p.window is not None]
+    phases = [p for name, p in bench.phases.items() if name.startswith(("sweep_", "base_")) and p.window is not None]
     if not phases:
         return [], []
-    base = next((caller_latency(p) for p in phases if len(p.calls) == 1), [])
-    base_p99 = pct(base, 99)
+    one = {p.name.split("_")[0]: pct(caller_latency(p), 99) for p in phases if len(p.calls) == 1}
     lines = ["", f"## Load sweep (server on core {SERVER_CORE}; callers and emulators on core {LOAD_CORE})", ""]
     lines += [
         "Whole turn = caller speech end → first bot media (ms, every turn of the phase). Server hops p99 from its "
@@ -286,13 +288,19 @@ def sweep_section(bench: Bench) -> tuple[list[str], list[dict[str, Any]]]:
         "| emulators lag p99 | calls ok | tail |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
+    if any(p.name.startswith("base_") for p in phases):
+        lines[5:5] = [f"Rows marked *base* ran the server from `{bench.args.baseline}` (before), interleaved with this "
+                      "tree's server (after) in the same run, against the same emulators.", ""]  # fmt: skip
     raw = []
     for phase in phases:
         w = phase.window
         assert w is not None
         span = max(w.t1 - w.t0, 1e-9)
         lat = caller_latency(phase)
-        inside, _ = server_hops(bench.transcripts, [c["call_sid"] for c in phase.calls])
+        which = phase.name.split("_")[0]
+        transcripts = bench.transcripts_base if which == "base" else bench.transcripts
+        inside, _ = server_hops(transcripts, [c["call_sid"] for c in phase.calls])
+        base_p99 = one.get(which)
         hops = " / ".join(fmt(pct(inside[h], 99)) for h in HOPS)
         busy = w.cpu_s / span
         lag = loop_lag_p99_ms(w)
@@ -308,14 +316,16 @@ def sweep_section(bench: Bench) -> tuple[list[str], list[dict[str, Any]]]:
             good = p99 <= base_p99 + TAIL_P99_SLACK_MS and lag <= TAIL_LAG_P99_MS
             tail = "PASS" if good else "MISS"
         lines.append(
-            f"| {len(phase.calls)} | {w.live_calls} | {p3(lat)} | {hops} | {busy:.0%} ({w.run_delay_s / span:.0%}) | "
+            f"| {len(phase.calls)}{' *base*' if which == 'base' else ''} | {w.live_calls} | {p3(lat)} | {hops} | "
+            f"{busy:.0%} ({w.run_delay_s / span:.0%}) | "
             f"{fmt(cpu_per_call_minute(phase), 3)} | {fmt(lag)} ms | {w.load_gen_cpu_s / span:.0%} "
             f"({w.load_core_busy_s / span:.0%}) | "
             f"{len(phase.caller_procs)}: {proc_cpu:.0%}, {fmt(_ms(proc_lag))} ms | "
             f"{fmt(_ms(pct(phase.emulator_lag_s, 99)))} ms | {ok} / {len(phase.calls)} | {tail} |"
         )
         raw.append({
-            "calls": len(phase.calls), "live": w.live_calls, "whole_turn_ms": lat, "server_hops_ms": inside,
+            "phase": phase.name, "calls": len(phase.calls), "live": w.live_calls, "whole_turn_ms": lat,
+            "server_hops_ms": inside,
             "server_busy": busy, "cpu_per_call_minute": cpu_per_call_minute(phase), "loop_lag_p99_ms": lag,
             "load_core_busy": w.load_core_busy_s / span, "load_gen_cpu": w.load_gen_cpu_s / span,
             "server_run_delay": w.run_delay_s / span, "caller_procs": phase.caller_procs,
