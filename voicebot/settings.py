@@ -1,4 +1,5 @@
-"""Typed settings: ``config/voicebot.toml``, then ``.env``, then environment variables (later wins).
+"""Typed settings: ``config/voicebot.toml``, then ``.env``, then ``$CREDENTIALS_DIRECTORY/voicebot.env`` (systemd),
+then environment variables (later wins).
 
 Every setting has one field name (the TOML key) and one environment name: provider settings keep their
 provider's prefix (``DEEPGRAM_API_KEY``), the rest get ``VOICEBOT_`` (``port`` ↔ ``VOICEBOT_PORT``).
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 DEFAULT_CONFIG = Path("config/voicebot.toml")
 _PROVIDER_PREFIXES = ("deepgram_", "openai_", "twilio_")
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 
 
 class SettingsError(ValueError):
@@ -63,6 +66,9 @@ class Settings(BaseModel):
     goodbye: str = "Thanks for calling. Goodbye!"
     prompt_file: Path = Path("config/system_prompt.md")
     transfer_number: str = ""
+    machine_message: str = (
+        "Hello, this is an automated call from your voice assistant. Please call us back when you can. Goodbye."
+    )
     transcript_dir: Path = Path("transcripts")
     idle_timeout_s: float = Field(8.0, gt=0)
     idle_reprompts: int = Field(2, ge=0)
@@ -106,6 +112,14 @@ class Settings(BaseModel):
     twilio_account_sid: str = ""
     twilio_auth_token: SecretStr | None = None
     twilio_api_base_url: str = "https://api.twilio.com"
+    twilio_from_number: str = ""
+
+    @field_validator("twilio_from_number")
+    @classmethod
+    def _e164(cls, value: str) -> str:
+        if value and not E164.fullmatch(value):
+            raise ValueError("must be a phone number in E.164 form, like +15551234567")
+        return value
 
     @field_validator("deepgram_tts_encoding")
     @classmethod
@@ -260,6 +274,21 @@ def _split_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+CREDENTIAL_NAME = "voicebot.env"
+"""systemd's ``LoadCredential=voicebot.env:/etc/voicebot/voicebot.env`` (deploy/voicebot.service): a .env-style
+file in ``$CREDENTIALS_DIRECTORY``, between .env and the environment."""
+
+
+def _credential_file(environ: Mapping[str, str]) -> dict[str, str]:
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return {}
+    path = Path(directory) / CREDENTIAL_NAME
+    if not path.is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None,
     env_file: Path | None = Path(".env"),
@@ -271,7 +300,12 @@ def load_settings(
     dotenv: dict[str, str] = {}
     if env_file is not None and env_file.is_file():
         dotenv = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
-    layered_env = {**dotenv, **{k: v for k, v in environ.items() if k in ENV_TO_FIELD or k == "VOICEBOT_CONFIG"}}
+    credential = _credential_file(environ)
+    layered_env = {
+        **dotenv,
+        **credential,
+        **{k: v for k, v in environ.items() if k in ENV_TO_FIELD or k == "VOICEBOT_CONFIG"},
+    }
 
     explicit = config_path or (Path(p) if (p := layered_env.get("VOICEBOT_CONFIG")) else None)
     path = explicit or DEFAULT_CONFIG
@@ -291,7 +325,7 @@ def load_settings(
         if field is None:
             continue
         data[field] = _split_list(value) if field == "backchannels" else value
-        origin[field] = "environment" if env in environ else ".env"
+        origin[field] = "environment" if env in environ else (CREDENTIAL_NAME if env in credential else ".env")
     for field, value in (overrides or {}).items():
         if value is not None:
             data[field] = value

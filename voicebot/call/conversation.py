@@ -63,6 +63,7 @@ STT_WATCHDOG_PERIOD_S = 0.5
 SHUTDOWN_GOODBYE_TIMEOUT_S = 10.0
 PLAYOUT_WATCHDOG_PERIOD_S = 0.5
 HANG_UP_TIMEOUT_S = 10.0
+CONTEXT_INTRO = "\n\nYou placed this call. What it is about: "
 INTERRUPTED_SUFFIX = " —"
 """Appended to an interrupted reply in the model's history: the caller stopped hearing it there."""
 TRANSCRIPT_RESULT_CHARS = 500
@@ -88,6 +89,7 @@ class Conversation:
         *,
         rest_hang_up: bool = True,
         transport: asyncio.BaseTransport | None = None,
+        context: str | None = None,
     ) -> None:
         self.settings = settings
         self.services = services
@@ -111,6 +113,10 @@ class Conversation:
         self.vad = FrameVad()
         self.history: list[Message] = []
         self.transcript = TranscriptWriter(settings.transcript_dir, start.call_sid)
+        self.system_prompt = services.system_prompt
+        if context is not None:  # an outbound call's context (voicebot.twilio.outbound), from a signed webhook
+            self.system_prompt += CONTEXT_INTRO + context
+            self.transcript.write("context", text=context)
         self._tool_context = ToolContext(
             start.call_sid, start.custom_parameters.get("from", ""), start.custom_parameters.get("to", "")
         )
@@ -401,7 +407,7 @@ class Conversation:
             await self._cancel_turn("new_reply")
         self.history.append({"role": "user", "content": reply.text})
         self.transcript.write("user", text=reply.text)
-        messages: list[Message] = [{"role": "system", "content": self.services.system_prompt}, *self.history]
+        messages: list[Message] = [{"role": "system", "content": self.system_prompt}, *self.history]
         timing = TurnTiming(speech_end=reply.speech_end, stt_final=reply.final_at)
         apology = (self.settings.apology, self.services.phrases.cached(self.settings.apology))
         self._start_turn(

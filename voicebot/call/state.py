@@ -15,6 +15,7 @@ from aiohttp import web
 
 from voicebot.metrics import Metrics
 from voicebot.settings import Settings
+from voicebot.twilio.outbound import ContextSeal
 from voicebot.twilio.security import StreamTokens
 
 
@@ -34,6 +35,8 @@ class AppState:
     settings: Settings
     metrics: Metrics
     tokens: StreamTokens
+    seal: ContextSeal
+    """Seals an outbound call's context to its CallSid (voicebot.twilio.outbound)."""
     sessions: set[LiveCall] = field(default_factory=set)
     draining: bool = False
     listeners: list[Callable[[str, dict[str, Any]], None]] = field(default_factory=list)
