@@ -65,6 +65,8 @@ Authorization = "Bearer ${{VB_TEST_TOOL_TOKEN}}"
 TOOL_TOKEN = "tool-token-7c1e55aa90"
 TOOLS_SECRET = "tools-secret-0b9d3f2e41"
 BOOK_SAY = "Let me book that for you."
+SHORT_GREETING = "Hi there."
+"""A short greeting keeps these tests short: every call waits for it to play in real time."""
 
 
 @pytest.fixture
@@ -87,7 +89,9 @@ def tools_world(
             + WEATHER.format(base=base)
             + BOOK.format(base=base, timeout_s=timeout_s, say=BOOK_SAY)
         )
-        world: World = await start_world(tools_file=path, tools_secret=TOOLS_SECRET, **settings)
+        world: World = await start_world(
+            tools_file=path, tools_secret=TOOLS_SECRET, **{"greeting": SHORT_GREETING, **settings}
+        )
         return world
 
     return factory
@@ -428,7 +432,7 @@ async def gift_card(args, call):
 async def test_python_tools_are_offered_and_their_failures_are_contained(start_world: Any, tmp_path: Path) -> None:
     module = tmp_path / "shop_tools.py"
     module.write_text(PYTHON_TOOLS)
-    world: World = await start_world(tools_module=str(module))
+    world: World = await start_world(tools_module=str(module), greeting=SHORT_GREETING)
     emu = world.emu
     emu.stt.script.append("How many points do I have, and cancel booking B12.")
     calls = [ToolCall("loyalty_points"), ToolCall("cancel_booking", {"ref": "B12"}), ToolCall("gift_card")]
