@@ -197,3 +197,20 @@ def test_failure_lines_cannot_pass_for_answers() -> None:
     assert len(truncate("a" * 5000, 2000)) == 2000
     assert check_parameters_schema({"type": "object"}) is None
     assert ToolCall("1", "t", {}).arguments == {}
+
+
+def test_check_config_lists_the_tools_and_an_empty_tools_file_means_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "tools.toml"
+    path.write_text(GOOD)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BOOKING_TOKEN", SECRET)
+    monkeypatch.setenv("VOICEBOT_TOOLS_FILE", str(path))
+    assert main(["--check-config"]) == 0
+    out = capsys.readouterr().out
+    assert '"tools (loaded)": [\n    "book_table",\n    "opening_hours"\n  ]' in out
+    assert SECRET not in out
+    monkeypatch.setenv("VOICEBOT_TOOLS_FILE", "")
+    assert main(["--check-config"]) == 0
+    assert '"tools (loaded)": []' in capsys.readouterr().out

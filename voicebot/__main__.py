@@ -66,11 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(config_path=args.config, overrides=_overrides(args))
+        specs = load_tool_specs(settings)  # a bad tools file or module stops here, naming the tool and the key
         if args.check_config:
-            sys.stdout.write(orjson.dumps(settings.redacted(), option=orjson.OPT_INDENT_2).decode() + "\n")
+            shown = {**settings.redacted(), "tools (loaded)": specs.names}
+            sys.stdout.write(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode() + "\n")
             return 0
         settings.check_startup()
-        load_tool_specs(settings)  # a bad tools file or module stops here, naming the tool and the key
     except SettingsError as exc:
         sys.stderr.write(f"voicebot: {exc}\n")
         return 2

@@ -121,6 +121,11 @@ class Settings(BaseModel):
             raise ValueError("must be a phone number in E.164 form, like +15551234567")
         return value
 
+    @field_validator("tools_file", mode="before")
+    @classmethod
+    def _no_tools_file(cls, value: Any) -> Any:
+        return None if value == "" else value  # VOICEBOT_TOOLS_FILE= (empty) means no custom tools
+
     @field_validator("deepgram_tts_encoding")
     @classmethod
     def _mulaw_only(cls, value: str) -> str:

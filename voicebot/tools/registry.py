@@ -39,6 +39,10 @@ class ToolSpecs:
     python: Sequence[Tool]
 
     @property
+    def names(self) -> list[str]:
+        return [*(d.name for d in self.declared), *(t.name for t in self.python)]
+
+    @property
     def secrets(self) -> list[str]:
         """Header values resolved from the environment: for the log redactor, never for display."""
         values = (v.get_secret_value() for d in self.declared for v in d.headers.values())
