@@ -15,15 +15,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-
-import orjson
 
 from voicebot.audio import BYTES_PER_SECOND
 from voicebot.call.chunker import TextChunker
 from voicebot.call.playout import HeardText, Segment, heard_text, mark_name
+from voicebot.call.tool_rounds import Fillers, ToolRound, fill_silence
 from voicebot.errors import ProviderError
 from voicebot.logs import get_logger
 from voicebot.providers.base import LanguageModel, Message, TextDelta, TextToSpeech, ToolCall
@@ -47,51 +46,6 @@ LLM_FIRST_TOKEN_TIMEOUT_S = 6.0
 LLM_TOKEN_TIMEOUT_S = 5.0
 FINAL_MARK_GRACE_S = 5.0
 """How long past the expected end of playout to wait for the final mark before giving up on it."""
-SPEECH_POLL_S = 0.05
-"""While a tool runs and text before it is still being synthesised, how often the filler looks again."""
-
-
-@dataclass(frozen=True)
-class Fillers:
-    """What the caller hears while tools run: ``text`` after ``after_s`` of silence, ``still`` after more."""
-
-    text: str
-    after_s: float
-    still: str
-    still_after_s: float
-    audio: Callable[[str], Awaitable[bytes]]
-    """The phrase's audio (cached: fillers cost no TTS round trip once warm)."""
-
-
-@dataclass
-class ToolRound:
-    """One batch of tool calls in a reply: the text the model streamed before them, the calls, their outcomes."""
-
-    index: int
-    text: str
-    calls: list[ToolCall]
-    tasks: dict[str, asyncio.Task[ToolOutcome]] = field(default_factory=dict)
-    outcomes: dict[str, ToolOutcome] = field(default_factory=dict)
-    started: bool = False
-    """Set once the calls were handed to the runner: from then on they belong in the history."""
-
-    def assistant_message(self, content: str | None) -> Message:
-        calls = [
-            {
-                "id": c.id,
-                "type": "function",
-                "function": {"name": c.name, "arguments": orjson.dumps(c.arguments).decode()},
-            }
-            for c in self.calls
-        ]
-        return {"role": "assistant", "content": content or None, "tool_calls": calls}
-
-    def messages(self) -> list[Message]:
-        """The model's view of the round for the follow-up request: every call answered, in call order."""
-        tool_messages = [
-            {"role": "tool", "tool_call_id": c.id, "content": self.outcomes[c.id].content} for c in self.calls
-        ]
-        return [self.assistant_message(self.text), *tool_messages]
 
 
 class AudioOut(Protocol):
@@ -385,33 +339,14 @@ class BotTurn:
             tool_round.outcomes[call_id] = task.result()
 
     async def _fill_silence(self, tool_round: ToolRound) -> None:
-        fillers, runner = self._fillers, self._runner
-        if fillers is None or runner is None:
-            return
-        started = time.monotonic()
-        first = runner.say_for(tool_round.calls) or fillers.text
-        for text, after_s in ((first, fillers.after_s), (fillers.still, fillers.still_after_s)):
-            await self._silent_for(after_s, since=started)
-            try:
-                audio = await fillers.audio(text)
-            except (ProviderError, TimeoutError) as exc:
-                log.warning("tool_filler_failed", error=str(exc) or "timed out", gen=self.gen)
-                return
-            self.fillers_said.append(text)
-            log.info("tool_filler", gen=self.gen, text=text, waited_ms=round((time.monotonic() - started) * 1000))
-            await self._add_segment(text, audio)
+        if self._fillers is not None and self._runner is not None:
+            say = self._runner.say_for(tool_round.calls)
+            await fill_silence(self._fillers, say, self._speech_pending, lambda: self.audio_end, self._say_filler)
 
-    async def _silent_for(self, seconds: float, *, since: float) -> None:
-        """Return once the caller has heard nothing from this turn for ``seconds`` (counted from ``since`` at
-        the earliest): text before the tools is spoken to its end first."""
-        while True:
-            if self._speech_pending():
-                await asyncio.sleep(SPEECH_POLL_S)
-                continue
-            wait = max(since, self.audio_end) + seconds - time.monotonic()
-            if wait <= 0:
-                return
-            await asyncio.sleep(wait)
+    async def _say_filler(self, text: str, audio: bytes) -> None:
+        self.fillers_said.append(text)
+        log.info("tool_filler", gen=self.gen, text=text)
+        await self._add_segment(text, audio)
 
     def _speech_pending(self) -> bool:
         return not self._queue.empty() or self._current is not None or self._cursor < len(self.timeline)

@@ -8,6 +8,7 @@ its actions are applied one at a time by a single control task, so no two action
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -17,9 +18,10 @@ from aiohttp import web
 
 from voicebot.audio import BYTES_PER_SECOND, FRAME_BYTES
 from voicebot.call.audio_out import CallAudioOut
-from voicebot.call.bot_turn import BotTurn, Fillers, ToolRound, TurnResult, TurnTiming
+from voicebot.call.bot_turn import BotTurn, TurnResult, TurnTiming
 from voicebot.call.playout import HeardText, PlayoutLedger, UnknownMark, parse_mark_name
 from voicebot.call.services import TRANSFER_TEXT, Services
+from voicebot.call.tool_rounds import INTERRUPTED_SUFFIX, Fillers, record_outcome, round_history
 from voicebot.call.transcript import TranscriptWriter
 from voicebot.call.turns import (
     Action,
@@ -37,9 +39,9 @@ from voicebot.call.vad import FrameVad
 from voicebot.errors import CallEnded, ProviderError, first_leaf
 from voicebot.logs import REDACTOR, get_logger
 from voicebot.metrics import Metrics
-from voicebot.providers.base import Message, SpeechStarted, SttEvent, SttStream, ToolCall, Transcript, UtteranceEnd
+from voicebot.providers.base import Message, SpeechStarted, SttEvent, SttStream, Transcript, UtteranceEnd
 from voicebot.settings import Settings
-from voicebot.tools import ToolContext, ToolLimits, ToolOutcome, ToolRunner, failure_line
+from voicebot.tools import CONTROL_TOOLS, ToolContext, ToolLimits, ToolRunner
 from voicebot.twilio import twiml, wire
 
 log = get_logger("voicebot.call.conversation")
@@ -64,13 +66,6 @@ SHUTDOWN_GOODBYE_TIMEOUT_S = 10.0
 PLAYOUT_WATCHDOG_PERIOD_S = 0.5
 HANG_UP_TIMEOUT_S = 10.0
 CONTEXT_INTRO = "\n\nYou placed this call. What it is about: "
-INTERRUPTED_SUFFIX = " —"
-"""Appended to an interrupted reply in the model's history: the caller stopped hearing it there."""
-TRANSCRIPT_RESULT_CHARS = 500
-UNKNOWN_TOOL_LABEL = "(unknown)"
-STILL_RUNNING = "it was started and is still running; do not call it again"
-LOOKUP_CANCELLED = "the caller interrupted, so it was stopped before answering; nothing was changed"
-CONTROL_NOT_DONE = "the caller interrupted this reply, so it was not carried out"
 
 EventSink = Callable[[str, dict[str, Any]], None]
 
@@ -121,13 +116,7 @@ class Conversation:
             start.call_sid, start.custom_parameters.get("from", ""), start.custom_parameters.get("to", "")
         )
         self._tools: ToolRunner | None = None  # made in run(): side-effecting calls live in the call's TaskGroup
-        self._fillers = Fillers(
-            text=settings.tool_filler,
-            after_s=settings.tool_filler_after_ms / 1000,
-            still=settings.tool_still_working,
-            still_after_s=settings.tool_still_working_after_s,
-            audio=services.phrases.get,
-        )
+        self._fillers = Fillers.from_settings(settings, services.phrases.get)
         self._gen = 0
         self._turn: BotTurn | None = None
         self._turn_task: asyncio.Task[None] | None = None
@@ -167,7 +156,9 @@ class Conversation:
                         settle_s=self.settings.tool_settle_s,
                     ),
                     tg,
-                    self._record_tool,
+                    functools.partial(
+                        record_outcome, metrics=self.metrics, transcript=self.transcript, tools=self.services.tools
+                    ),
                 )
                 self._start_fixed(self.settings.greeting, interruptible=True, grace_ms=self.settings.barge_in_grace_ms)
                 tg.create_task(self._control(), name="control")
@@ -481,14 +472,11 @@ class Conversation:
         tool message per id, then what was heard of the final text."""
         interrupted = interrupted or heard.interrupted
         by_round = turn.heard_by_round(ledger_played) if turn.rounds else [heard]
+        controls = frozenset(c for c in CONTROL_TOOLS if self._tools is not None and self._tools.is_control(c))
         for tool_round, round_heard in zip(turn.rounds, by_round, strict=False):
-            content = round_heard.text + (INTERRUPTED_SUFFIX if round_heard.interrupted and round_heard.text else "")
-            if not tool_round.started:  # streamed but never run: forgotten, so the model may ask again
-                if content:
-                    self.history.append({"role": "assistant", "content": content})
-                continue
-            self.history.append(tool_round.assistant_message(content))
-            self.history += [self._tool_message(tool_round, call, interrupted) for call in tool_round.calls]
+            self.history += round_history(
+                tool_round, round_heard, interrupted=interrupted, tools=self.services.tools, controls=controls
+            )
         final = by_round[-1]
         if final.text:
             self.history.append(
@@ -496,45 +484,6 @@ class Conversation:
             )
         self.transcript.write("assistant", text=heard.text, interrupted=interrupted, gen=turn.gen)
         self._publish({"type": "assistant", "text": heard.text, "interrupted": interrupted})
-
-    def _tool_message(self, tool_round: ToolRound, call: ToolCall, interrupted: bool) -> Message:
-        message: Message = {"role": "tool", "tool_call_id": call.id, "content": ""}
-        outcome = tool_round.outcomes.get(call.id)
-        task = tool_round.tasks.get(call.id)
-        tool = self.services.tools.get(call.name)
-        if outcome is not None:
-            control = self._tools is not None and self._tools.is_control(call.name)
-            not_done = interrupted and control
-            message["content"] = failure_line("not_done", call.name, CONTROL_NOT_DONE) if not_done else outcome.content
-        elif task is not None and task.done() and not task.cancelled():
-            message["content"] = task.result().content
-        elif task is not None and not task.done() and tool is not None and tool.side_effects:
-            # Owned by the call: it goes on, and its result replaces this line when it lands (the next request
-            # waits a little for it first, see ToolRunner.settle).
-            message["content"] = failure_line("still_running", call.name, STILL_RUNNING)
-            task.add_done_callback(lambda t: t.cancelled() or message.update(content=t.result().content))
-        else:
-            message["content"] = failure_line("cancelled", call.name, LOOKUP_CANCELLED)
-        return message
-
-    def _record_tool(self, outcome: ToolOutcome) -> None:
-        """Every tool call's outcome, when it lands: transcript, metrics, one log line."""
-        call = outcome.call
-        # A metric label only from our own tool names: the model's made-up names would grow the series unbounded.
-        label = call.name if self.services.tools.get(call.name) is not None else UNKNOWN_TOOL_LABEL
-        self.metrics.tool_calls.labels(label, outcome.outcome).inc()
-        self.metrics.tool_seconds.labels(label).observe(outcome.duration_s)
-        duration_ms = round(outcome.duration_s * 1000, 1)
-        self.transcript.write(
-            "tool_call",
-            name=call.name,
-            id=call.id,
-            arguments=REDACTOR.redact(call.arguments),
-            duration_ms=duration_ms,
-            outcome=outcome.outcome,
-            result=REDACTOR.redact(outcome.content[:TRANSCRIPT_RESULT_CHARS]),
-        )
-        log.info("tool_call_finished", tool=call.name, outcome=outcome.outcome, duration_ms=duration_ms)
 
     def _log_turn(self, turn: BotTurn, result: TurnResult) -> None:
         self.turns_completed += 1
