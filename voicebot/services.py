@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +21,11 @@ from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
 
 from voicebot.logs import get_logger
 from voicebot.phrases import PhraseCache
-from voicebot.providers.base import LanguageModel, SpeechToText, Telephony, TextToSpeech
+from voicebot.providers.base import LanguageModel, SpeechToText, Telephony, Voice
 from voicebot.providers.deepgram_stt import DeepgramStt
-from voicebot.providers.deepgram_tts import DeepgramTts
 from voicebot.providers.openai_llm import OpenAiChat
 from voicebot.providers.twilio_rest import TwilioRest
+from voicebot.providers.voices import open_voice
 from voicebot.settings import Settings
 
 log = get_logger("voicebot.services")
@@ -43,7 +44,7 @@ DEFAULT_SYSTEM_PROMPT = "You are a friendly, concise phone assistant. Answer in 
 class Services:
     stt: SpeechToText
     llm: LanguageModel
-    tts: TextToSpeech
+    tts: Voice
     telephony: Telephony | None
     phrases: PhraseCache
     system_prompt: str
@@ -106,7 +107,8 @@ def services_context(settings: Settings) -> Callable[[web.Application], AsyncIte
             )
         else:
             log.warning("twilio_rest_not_configured", effect="calls end by closing the stream, not via the REST API")
-        tts = DeepgramTts(deepgram, model=settings.deepgram_tts_model)
+        stack = AsyncExitStack()
+        tts = await stack.enter_async_context(open_voice(settings, deepgram))
         phrases = PhraseCache(tts)
         app[SERVICES] = Services(
             stt=DeepgramStt(
@@ -137,6 +139,7 @@ def services_context(settings: Settings) -> Callable[[web.Application], AsyncIte
             await llm_client.close()
             await dg_http.aclose()
             await http.close()
+            await stack.aclose()
 
     return context
 
