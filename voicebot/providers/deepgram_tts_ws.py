@@ -11,8 +11,9 @@ whose audio a frame is. Rules (PROVIDERS-2.md §1):
   end with no audio (the bot turn joins their text to the previous segment).
 - Barge-in abandons every open segment: Clear is sent and every byte (and Flushed) before ``Cleared`` is dropped;
   nothing new is sent until ``Cleared`` (fencing).
-- A socket failure reroutes the failed segments to REST (when none of their audio was delivered) and the rest of
-  that bot turn stays on REST; the next turn opens a new socket. The socket is replaced, when idle, before
+- A socket failure fails its open segments (the bot turn retries them once, as any TTS failure) and the retry and
+  the rest of that bot turn go over REST; so does a segment that timed out on the socket. The next turn opens a new
+  socket. The socket is replaced, when idle, before
   Deepgram's 60-minute connection limit.
 """
 
@@ -112,15 +113,18 @@ class SpeakPlan:
         self.flushes.append(now)
         self.groups.append(group)
         self.coalesced += len(group) - 1
-        group[0].start()
+        for segment in group:
+            segment.start()
         return [*(Speak(piece) for s in group for piece in split_text(s.text)), FLUSH]
 
     def on_audio(self, audio: bytes) -> None:
-        head = self.groups[0][0] if self.groups and not self.fencing else None
-        if head is None or head.abandoned:
+        group = self.groups[0] if self.groups and not self.fencing else None
+        if group is None or group[0].abandoned:
             self.dropped_bytes += len(audio)
-        else:
-            head.feed(audio)
+            return
+        group[0].feed(audio)
+        for segment in group[1:]:
+            segment.progress()  # its audio is inside the first segment's: it is not stalled
 
     def on_flushed(self, now: float) -> list[Outgoing]:
         if self.fencing or not self.groups:
@@ -183,9 +187,11 @@ class DeepgramSpeakCall(SocketConnection[Any]):
         self._send_all(self.plan.submit(segment, time.monotonic()))
 
     def release(self, segment: SocketSegment) -> None:
-        self._turn_of.pop(segment, None)
+        turn = self._turn_of.pop(segment, None)
         if segment.open:
             self._send_all(self.plan.abandon(segment))
+            if turn is not None:
+                turn.abandoned.add(segment.text)
 
     def _send_all(self, messages: list[Outgoing]) -> None:
         for message in messages:
@@ -262,10 +268,16 @@ class _SpeakTurn:
     def __init__(self, call: DeepgramSpeakCall) -> None:
         self._call = call
         self.rest_only = False
+        self.abandoned: set[str] = set()
+        """Texts this turn left unfinished on the socket: asked again, it is the bot turn's retry after a timeout."""
 
     @asynccontextmanager
     async def synthesize(self, text: str) -> AsyncIterator[AsyncIterator[bytes]]:
         rest = self._call.rest
+        if text in self.abandoned:
+            # A segment that timed out on the socket stalls everything behind it there: retry it, and the rest of
+            # the turn, over REST (in parallel, each with its own deadline).
+            self.rest_only = True
         if not self.rest_only:
             segment = SocketSegment(text, fallback=lambda: rest.synthesize(text))
             try:

@@ -53,7 +53,7 @@ class SocketSegment:
 
     text: str
     fallback: Fallback | None = None
-    """Where the segment's audio comes from if the socket cannot deliver any of it (REST)."""
+    """Where the segment's audio comes from when the socket will not take it (REST)."""
     buffer: bytearray = field(default_factory=bytearray)
     started: bool = False
     done: bool = False
@@ -61,6 +61,7 @@ class SocketSegment:
     rerouted: bool = False
     error: ProviderError | None = None
     delivered: int = 0
+    ticks: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def start(self) -> None:
@@ -70,6 +71,11 @@ class SocketSegment:
 
     def feed(self, audio: bytes) -> None:
         self.buffer += audio
+        self.changed.set()
+
+    def progress(self) -> None:
+        """The provider is producing audio this segment depends on (a coalesced group's first segment)."""
+        self.ticks += 1
         self.changed.set()
 
     def finish(self) -> None:
@@ -92,11 +98,12 @@ class SocketSegment:
         return not (self.done or self.abandoned or self.rerouted or self.error is not None)
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
-        """The segment's audio; one empty chunk when synthesis starts; the fallback if the socket gave nothing."""
-        announced = False
+        """The segment's audio. An empty chunk means "in progress" (synthesis started, or the group this segment
+        was coalesced into is producing audio): the reader restarts its first-byte deadline."""
+        seen = -1
         while True:
-            if self.started and not announced:
-                announced = True
+            if self.started and seen != self.ticks:
+                seen = self.ticks
                 yield b""
             if self.buffer:
                 data = bytes(self.buffer)
@@ -106,9 +113,10 @@ class SocketSegment:
                 continue
             if self.done:
                 return
-            if self.rerouted or self.error is not None:
-                if self.fallback is None or self.delivered:
-                    raise self.error or ProviderError("tts", "segment rerouted without a fallback", transient=True)
+            if self.error is not None:
+                raise self.error
+            if self.rerouted:
+                assert self.fallback is not None
                 async with self.fallback() as chunks:
                     async for chunk in chunks:
                         yield chunk
@@ -195,11 +203,11 @@ class SocketConnection(Generic[C]):
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                if (current := asyncio.current_task()) is not None and current.cancelling():
-                    raise
+            # wait(), not ``await task``: the runner's own CancelledError must not pass for ours (on Python 3.11 a
+            # TaskGroup that just failed can leave this task with a pending cancel count, so ``cancelling()`` lies).
+            await asyncio.wait([task])
+            if not task.cancelled() and (error := task.exception()) is not None:
+                raise error
 
     def send(self, message: object) -> None:
         """Queue a message for the socket's writer (synchronous: callable from a cancelled task's cleanup)."""
