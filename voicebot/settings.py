@@ -1,4 +1,5 @@
-"""Typed settings: ``config/voicebot.toml``, then ``.env``, then environment variables (later wins).
+"""Typed settings: ``config/voicebot.toml``, then ``.env``, then ``$CREDENTIALS_DIRECTORY/voicebot.env`` (systemd),
+then environment variables (later wins).
 
 Every setting has one field name (the TOML key) and one environment name: provider settings keep their
 provider's prefix (``DEEPGRAM_API_KEY``), the rest get ``VOICEBOT_`` (``port`` ↔ ``VOICEBOT_PORT``).
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 DEFAULT_CONFIG = Path("config/voicebot.toml")
 _PROVIDER_PREFIXES = ("deepgram_", "openai_", "twilio_", "elevenlabs_", "cartesia_")
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 
 
 class SettingsError(ValueError):
@@ -47,6 +49,8 @@ class Settings(BaseModel):
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     dev_page: bool | None = None
+    dev_remote_calls: bool = False
+    metrics_token: SecretStr | None = None
     # limits
     max_calls: int = Field(200, ge=1)
     max_message_bytes: int = Field(64 * 1024, ge=1024)
@@ -62,6 +66,9 @@ class Settings(BaseModel):
     goodbye: str = "Thanks for calling. Goodbye!"
     prompt_file: Path = Path("config/system_prompt.md")
     transfer_number: str = ""
+    machine_message: str = (
+        "Hello, this is an automated call from your voice assistant. Please call us back when you can. Goodbye."
+    )
     transcript_dir: Path = Path("transcripts")
     idle_timeout_s: float = Field(8.0, gt=0)
     idle_reprompts: int = Field(2, ge=0)
@@ -107,6 +114,14 @@ class Settings(BaseModel):
     twilio_account_sid: str = ""
     twilio_auth_token: SecretStr | None = None
     twilio_api_base_url: str = "https://api.twilio.com"
+    twilio_from_number: str = ""
+
+    @field_validator("twilio_from_number")
+    @classmethod
+    def _e164(cls, value: str) -> str:
+        if value and not E164.fullmatch(value):
+            raise ValueError("must be a phone number in E.164 form, like +15551234567")
+        return value
 
     @field_validator("deepgram_tts_encoding")
     @classmethod
@@ -183,6 +198,17 @@ class Settings(BaseModel):
         except ValueError:
             return False
 
+    @property
+    def public_is_loopback(self) -> bool:
+        """True if ``public_url`` names this machine: nothing outside can reach the bot through it."""
+        host = urlsplit(self.public_url).hostname or ""
+        if host in LOOPBACK_NAMES:
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
     def missing(self) -> list[str]:
         """Names of the credentials a call needs and that are not set."""
         names = []
@@ -202,18 +228,34 @@ class Settings(BaseModel):
     def secret_values(self) -> list[str]:
         """Every secret value set, for the log redactor."""
         secrets = [
-            self.deepgram_api_key, self.openai_api_key, self.twilio_auth_token, self.token_secret,
-            self.elevenlabs_api_key, self.cartesia_api_key,
-        ]  # fmt: skip
+            self.deepgram_api_key,
+            self.openai_api_key,
+            self.twilio_auth_token,
+            self.token_secret,
+            self.metrics_token,
+            self.elevenlabs_api_key,
+            self.cartesia_api_key,
+        ]
         return [s.get_secret_value() for s in secrets if s is not None and len(s.get_secret_value()) >= 4]
 
     def check_startup(self) -> None:
         """Refuse configurations that are unsafe to serve; raise SettingsError saying why."""
-        if not self.is_loopback and self.twilio_auth_token is None and not self.allow_unsigned:
+        if self.twilio_auth_token is not None or self.allow_unsigned:
+            return
+        if not self.is_loopback:
             raise SettingsError(
                 f"refusing to listen on {self.host} without TWILIO_AUTH_TOKEN: anyone could open calls and "
                 "spend your Deepgram and OpenAI credits. Set TWILIO_AUTH_TOKEN, bind VOICEBOT_HOST to "
                 "127.0.0.1, or set VOICEBOT_ALLOW_UNSIGNED=true if a proxy in front checks requests."
+            )
+        if not self.public_is_loopback:
+            # A public URL means a proxy or tunnel forwards the internet to us: every request then arrives
+            # from loopback, so binding to 127.0.0.1 protects nothing.
+            raise SettingsError(
+                "refusing to serve VOICEBOT_PUBLIC_URL (a non-loopback URL: a proxy or tunnel makes the bot "
+                "reachable from the internet) without TWILIO_AUTH_TOKEN: anyone could open calls and spend your "
+                "Deepgram and OpenAI credits. Set TWILIO_AUTH_TOKEN, or set VOICEBOT_ALLOW_UNSIGNED=true if the "
+                "proxy in front checks Twilio's signatures."
             )
 
     def redacted(self) -> dict[str, Any]:
@@ -234,8 +276,8 @@ class Settings(BaseModel):
 
 
 _SECRET_FIELDS = frozenset(
-    {"deepgram_api_key", "openai_api_key", "twilio_auth_token", "token_secret", "elevenlabs_api_key"}
-    | {"cartesia_api_key"}
+    {"deepgram_api_key", "openai_api_key", "twilio_auth_token", "token_secret", "metrics_token"}
+    | {"elevenlabs_api_key", "cartesia_api_key"}
 )
 
 
@@ -275,6 +317,21 @@ def _split_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+CREDENTIAL_NAME = "voicebot.env"
+"""systemd's ``LoadCredential=voicebot.env:/etc/voicebot/voicebot.env`` (deploy/voicebot.service): a .env-style
+file in ``$CREDENTIALS_DIRECTORY``, between .env and the environment."""
+
+
+def _credential_file(environ: Mapping[str, str]) -> dict[str, str]:
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return {}
+    path = Path(directory) / CREDENTIAL_NAME
+    if not path.is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None,
     env_file: Path | None = Path(".env"),
@@ -286,7 +343,12 @@ def load_settings(
     dotenv: dict[str, str] = {}
     if env_file is not None and env_file.is_file():
         dotenv = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
-    layered_env = {**dotenv, **{k: v for k, v in environ.items() if k in ENV_TO_FIELD or k == "VOICEBOT_CONFIG"}}
+    credential = _credential_file(environ)
+    layered_env = {
+        **dotenv,
+        **credential,
+        **{k: v for k, v in environ.items() if k in ENV_TO_FIELD or k == "VOICEBOT_CONFIG"},
+    }
 
     explicit = config_path or (Path(p) if (p := layered_env.get("VOICEBOT_CONFIG")) else None)
     path = explicit or DEFAULT_CONFIG
@@ -306,7 +368,7 @@ def load_settings(
         if field is None:
             continue
         data[field] = _split_list(value) if field == "backchannels" else value
-        origin[field] = "environment" if env in environ else ".env"
+        origin[field] = "environment" if env in environ else (CREDENTIAL_NAME if env in credential else ".env")
     for field, value in (overrides or {}).items():
         if value is not None:
             data[field] = value

@@ -7,7 +7,16 @@ knobs for latency and injected faults plus a timestamped event log for tests and
 from __future__ import annotations
 
 from .app import Emulators, running_emulators
-from .config import DEFAULT_TRANSCRIPT, EmulatorConfig, LlmConfig, SttConfig, TtsConfig, TwilioConfig
+from .config import (
+    DEFAULT_TRANSCRIPT,
+    Callee,
+    EmulatedNumber,
+    EmulatorConfig,
+    LlmConfig,
+    SttConfig,
+    TtsConfig,
+    TwilioConfig,
+)
 from .deepgram_stt import IDLE_CLOSE_CODE, IDLE_CLOSE_REASON
 from .deepgram_tts import synthesize
 from .faults import Faults, LlmFaults, SttFaults, TtsFaults
@@ -18,6 +27,8 @@ __all__ = [
     "DEFAULT_TRANSCRIPT",
     "IDLE_CLOSE_CODE",
     "IDLE_CLOSE_REASON",
+    "Callee",
+    "EmulatedNumber",
     "EmulatorConfig",
     "Emulators",
     "Event",

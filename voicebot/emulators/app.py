@@ -51,11 +51,16 @@ class Emulators:
         app.router.add_post("/v1/text-to-speech/{voice_id}/stream", self.elevenlabs.handle)
         app.router.add_get("/tts/websocket", self.cartesia.handle)
         app.router.add_post("/v1/chat/completions", self.llm.handle)
-        app.router.add_post("/2010-04-01/Accounts/{account_sid}/Calls/{call_sid}.json", self.twilio.handle)
+        account = "/2010-04-01/Accounts/{account_sid}"
+        app.router.add_post(account + "/Calls/{call_sid}.json", self.twilio.handle, name="call")
+        app.router.add_post(account + "/Calls.json", self.twilio.handle, name="calls")
+        app.router.add_get(account + "/IncomingPhoneNumbers.json", self.twilio.handle, name="numbers")
+        app.router.add_post(account + "/IncomingPhoneNumbers/{number_sid}.json", self.twilio.handle, name="number")
         app.on_shutdown.append(self._on_shutdown)
         return app
 
     async def _on_shutdown(self, _app: web.Application) -> None:
+        await self.twilio.placer.shutdown()
         await self._runtime.shutdown()
 
     @property

@@ -12,9 +12,11 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import aiohttp
 
 from voicebot.errors import ProviderError
-from voicebot.providers.tts_common import SharedCall, shared_call
+from voicebot.providers.tts_common import CONNECT_TIMEOUT_S, SharedCall, shared_call
 
 PROVIDER = "elevenlabs_tts"
+TIMEOUT = aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT_S, sock_read=10.0)
+"""The bot turn bounds the first byte and every chunk more tightly; this bounds a phrase warm-up."""
 OUTPUT_FORMAT = "ulaw_8000"
 READ_CHUNK_BYTES = 4096
 
@@ -33,7 +35,7 @@ class ElevenLabsTts:
         body = {"text": text, "model_id": self.model}
         try:
             async with self._http.post(
-                self._url, params={"output_format": OUTPUT_FORMAT}, json=body, headers=self._headers
+                self._url, params={"output_format": OUTPUT_FORMAT}, json=body, headers=self._headers, timeout=TIMEOUT
             ) as response:
                 if response.status != 200:
                     # The body is not echoed: it may quote the request's text; the status says enough.

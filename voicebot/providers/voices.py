@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import aiohttp
 from deepgram import AsyncDeepgramClient
 
 from voicebot.providers.base import Voice
@@ -13,13 +12,8 @@ from voicebot.providers.cartesia_tts import CartesiaTts
 from voicebot.providers.deepgram_tts import DeepgramTts
 from voicebot.providers.deepgram_tts_ws import DeepgramSpeakVoice
 from voicebot.providers.elevenlabs_tts import ElevenLabsTts
-from voicebot.providers.tts_common import CONNECT_TIMEOUT_S
+from voicebot.providers.pools import PoolUse, aiohttp_session
 from voicebot.settings import Settings
-
-READ_TIMEOUT_S = 10.0
-KEEPALIVE_S = 120.0
-MAX_CONNECTIONS = 200
-"""REST voices: connections kept for parallel segments of concurrent calls."""
 
 
 def _secret(value: object) -> str:
@@ -28,8 +22,9 @@ def _secret(value: object) -> str:
 
 
 @asynccontextmanager
-async def open_voice(settings: Settings, deepgram: AsyncDeepgramClient) -> AsyncIterator[Voice]:
-    """The configured voice for the process's lifetime (closes its HTTP session afterwards)."""
+async def open_voice(settings: Settings, deepgram: AsyncDeepgramClient, pool: PoolUse) -> AsyncIterator[Voice]:
+    """The configured voice for the process's lifetime; ElevenLabs and Cartesia get an aiohttp session on ``pool``
+    (Aura uses ``deepgram``'s own HTTP client)."""
     rest = DeepgramTts(deepgram, model=settings.deepgram_tts_model)
     if settings.tts_provider == "deepgram":
         if settings.deepgram_tts_transport == "websocket":
@@ -37,9 +32,7 @@ async def open_voice(settings: Settings, deepgram: AsyncDeepgramClient) -> Async
         else:
             yield rest
         return
-    timeout = aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT_S, sock_read=READ_TIMEOUT_S)
-    connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_S)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
+    async with aiohttp_session(pool) as http:
         if settings.tts_provider == "elevenlabs":
             yield ElevenLabsTts(
                 http,

@@ -15,29 +15,13 @@ from typing import Any
 
 from aiohttp import web
 
-from voicebot import twilio_wire as wire
-from voicebot import twiml
 from voicebot.audio import BYTES_PER_SECOND, FRAME_BYTES
-from voicebot.audio_out import CallAudioOut
-from voicebot.bot_turn import BotTurn, TurnResult, TurnTiming
-from voicebot.errors import CallEnded, ProviderError, first_leaf
-from voicebot.logs import get_logger
-from voicebot.metrics import Metrics
-from voicebot.playout import HeardText, PlayoutLedger, UnknownMark, parse_mark_name
-from voicebot.providers.base import (
-    Message,
-    SpeechStarted,
-    SttEvent,
-    SttStream,
-    TextToSpeech,
-    Transcript,
-    TtsCall,
-    UtteranceEnd,
-)
-from voicebot.services import TRANSFER_TEXT, Services
-from voicebot.settings import Settings
-from voicebot.transcript import TranscriptWriter
-from voicebot.turns import (
+from voicebot.call.audio_out import CallAudioOut
+from voicebot.call.bot_turn import BotTurn, TurnResult, TurnTiming
+from voicebot.call.playout import HeardText, PlayoutLedger, UnknownMark, parse_mark_name
+from voicebot.call.services import TRANSFER_TEXT, Services
+from voicebot.call.transcript import TranscriptWriter
+from voicebot.call.turns import (
     Action,
     CancelTurn,
     Clear,
@@ -49,9 +33,24 @@ from voicebot.turns import (
     TurnConfig,
     TurnTaking,
 )
-from voicebot.vad import FrameVad
+from voicebot.call.vad import FrameVad
+from voicebot.errors import CallEnded, ProviderError, first_leaf
+from voicebot.logs import get_logger
+from voicebot.metrics import Metrics
+from voicebot.providers.base import (
+    Message,
+    SpeechStarted,
+    SttEvent,
+    SttStream,
+    TextToSpeech,
+    Transcript,
+    TtsCall,
+    UtteranceEnd,
+)
+from voicebot.settings import Settings
+from voicebot.twilio import twiml, wire
 
-log = get_logger("voicebot.conversation")
+log = get_logger("voicebot.call.conversation")
 
 STT_AUDIO_MAX_BYTES = 2 * BYTES_PER_SECOND
 """2 s of caller audio waiting for the STT socket; on overflow the oldest audio is dropped (live audio wins)."""
@@ -72,6 +71,7 @@ STT_WATCHDOG_PERIOD_S = 0.5
 SHUTDOWN_GOODBYE_TIMEOUT_S = 10.0
 PLAYOUT_WATCHDOG_PERIOD_S = 0.5
 HANG_UP_TIMEOUT_S = 10.0
+CONTEXT_INTRO = "\n\nYou placed this call. What it is about: "
 INTERRUPTED_SUFFIX = " —"
 """Appended to an interrupted reply in the model's history: the caller stopped hearing it there."""
 
@@ -113,6 +113,7 @@ class Conversation:
         *,
         rest_hang_up: bool = True,
         transport: asyncio.BaseTransport | None = None,
+        context: str | None = None,
     ) -> None:
         self.settings = settings
         self.services = services
@@ -136,6 +137,10 @@ class Conversation:
         self.vad = FrameVad()
         self.history: list[Message] = []
         self.transcript = TranscriptWriter(settings.transcript_dir, start.call_sid)
+        self.system_prompt = services.system_prompt
+        if context is not None:  # an outbound call's context (voicebot.twilio.outbound), from a signed webhook
+            self.system_prompt += CONTEXT_INTRO + context
+            self.transcript.write("context", text=context)
         self.tools = [END_CALL_TOOL] + ([TRANSFER_TOOL] if settings.transfer_number else [])
         self._gen = 0
         self._turn: BotTurn | None = None
@@ -407,7 +412,7 @@ class Conversation:
             await self._cancel_turn("new_reply")
         self.history.append({"role": "user", "content": reply.text})
         self.transcript.write("user", text=reply.text)
-        messages: list[Message] = [{"role": "system", "content": self.services.system_prompt}, *self.history]
+        messages: list[Message] = [{"role": "system", "content": self.system_prompt}, *self.history]
         timing = TurnTiming(speech_end=reply.speech_end, stt_final=reply.final_at)
         apology = (self.settings.apology, self.services.phrases.cached(self.settings.apology))
         self._start_turn(
