@@ -143,7 +143,13 @@ class SpeakPlan:
         if segment in self.held:
             self.held.remove(segment)
             return []
-        if self.groups and all(s.abandoned for group in self.groups for s in group):
+        for group in self.groups:
+            if group[0] is segment:
+                # Its coalesced partners' audio was to come with its own, which is now dropped: fail them, so the
+                # bot turn retries their text rather than finishing them silent.
+                for partner in group[1:]:
+                    partner.fail(ProviderError(PROVIDER, "coalesced with an abandoned segment", transient=True))
+        if self.groups and not any(s.open for group in self.groups for s in group):
             self.groups.clear()
             self.fencing = True
             return [CLEAR]
