@@ -20,7 +20,7 @@ from aiohttp import WSMsgType, web
 from voicebot.audio import SAMPLE_RATE
 
 from .common import Runtime, abort_connection, credential, new_request_id, sleep_ms
-from .deepgram_tts import Progress, TtsService, synthesize
+from .deepgram_tts import Progress, TtsService
 from .faults import wait_stall
 
 OUTPUT_FORMAT = {"container": "raw", "encoding": "pcm_mulaw", "sample_rate": SAMPLE_RATE}
@@ -156,7 +156,7 @@ class _Session:
                 raise _Status(status)
             await wait_stall(faults.stall_s)
             await sleep_ms(tts.ttfb_ms(text))
-            audio = synthesize(text, context.fields["model_id"], tts.config.ms_per_char)
+            audio = tts.audio(text, context.fields["model_id"])
 
             async def send_chunk(piece: bytes) -> None:
                 data = base64.b64encode(piece).decode()

@@ -25,7 +25,7 @@ from voicebot.audio import SAMPLE_RATE
 
 from .common import Runtime, abort_connection, accepts, credential, new_request_id, sleep_ms
 from .config import DEFAULT_TTS_MODEL
-from .deepgram_tts import MAX_TEXT_CHARS, Progress, TtsService, synthesize
+from .deepgram_tts import MAX_TEXT_CHARS, Progress, TtsService
 from .faults import wait_stall
 
 FLUSH_LIMIT = 20
@@ -171,7 +171,7 @@ class _Session:
 
     def _abort(self, texts: list[_Text]) -> None:
         for item in texts:
-            if item.progress.sent < len(synthesize(item.text, self.model, self.tts.config.ms_per_char)):
+            if item.progress.sent < len(self.tts.audio(item.text, self.model)):
                 self.log.append("tts", "abort", request_id=item.request_id, bytes_sent=item.progress.sent)
 
     async def _work(self) -> None:
@@ -201,7 +201,7 @@ class _Session:
             raise InjectedError(status)
         await wait_stall(faults.stall_s)
         await sleep_ms(tts.ttfb_ms(item.text))
-        audio = synthesize(item.text, self.model, tts.config.ms_per_char)
+        audio = tts.audio(item.text, self.model)
         await tts.pace(audio, self.ws.send_bytes, item.request_id, item.progress)
         if item.progress.sent < len(audio):
             abort_connection(self.request)  # the drop_after_bytes fault: no close frame

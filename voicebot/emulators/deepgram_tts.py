@@ -79,6 +79,10 @@ class TtsService:
         self.key = key
         self._runtime = runtime
 
+    def audio(self, text: str, model: str) -> bytes:
+        """The audio every emulated voice speaks for ``text`` (the module's ``synthesize``, looked up per call)."""
+        return synthesize(text, model, self.config.ms_per_char)
+
     def ttfb_ms(self, text: str) -> float:
         """Time to first byte for ``text``: the first matching override, else the global knob."""
         for needle, ms in self.config.ttfb_overrides.items():
