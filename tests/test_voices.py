@@ -4,6 +4,7 @@ Cartesia clients (aiohttp, no vendor SDK), the per-call voices' guarantees, and 
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -76,8 +77,10 @@ async def test_sdk_clear_stops_the_audio_and_answers_cleared(emu: Emulators, sdk
         await emu.wait_for_kind("tts", "first_byte", EVENT_TIMEOUT_S)
         await conn.send_clear()
         audio, messages = await receive_until(conn, "Cleared")
-        # PROVIDERS-2.md warns that a Cleared can parse as the Flushed class: the type field is what to trust.
+        # PROVIDERS-2.md warns that a Cleared can parse as the Flushed class; with deepgram-sdk 7.17.0 it does
+        # (pinned: the bot dispatches on ``type``, never on the class).
         assert messages[-1].type == "Cleared"
+        assert type(messages[-1]).__name__ == "SpeakV1Flushed"
         # After Cleared, the socket serves the next text at once and nothing of the cleared one.
         await conn.send_text(SpeakV1Text(text=TWO))
         await conn.send_flush()
@@ -85,6 +88,13 @@ async def test_sdk_clear_stops_the_audio_and_answers_cleared(emu: Emulators, sdk
     assert 0 < len(audio) < len(synthesize(ONE * 5, MODEL))
     assert after == synthesize(TWO, MODEL)
     assert emu.select("tts", "abort")
+
+
+def test_sdk_speak_socket_takes_no_container_parameter(sdk: SdkClients) -> None:
+    """PROVIDERS-2.md §1 says to pass container=none on the socket; deepgram-sdk 7.17.0's connect() has no such
+    parameter (the socket sends raw audio; the emulator treats a missing container as none). Pinned."""
+    parameters = inspect.signature(sdk.deepgram().speak.v1.connect).parameters
+    assert "container" not in parameters and {"encoding", "sample_rate", "model"} <= set(parameters)
 
 
 async def test_sdk_flush_over_the_limit_gets_a_warning(emu: Emulators, sdk: SdkClients) -> None:
