@@ -250,6 +250,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.on_shutdown.append(drain)
-    app.cleanup_ctx.append(services_context(settings))
+    app.cleanup_ctx.append(services_context(settings, app[STATE].metrics))
     app.cleanup_ctx.append(loop_lag_monitor)
     return app
