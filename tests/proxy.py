@@ -87,6 +87,21 @@ class Caddy:
         return lambda: aiohttp.TCPConnector(ssl=context, resolver=StaticResolver({SITE_NAME: "127.0.0.1"}))
 
 
+async def _wait_for_tls(caddy: Caddy, port: int) -> None:
+    """Caddy logs "certificate obtained" a moment before it serves the certificate: retry the handshake."""
+    context = caddy.ssl_context()
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname=SITE_NAME)
+        except (OSError, ssl.SSLError):
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+        return
+
+
 @contextlib.asynccontextmanager
 async def running_caddy(upstream_port: int, https_port: int, workdir: Path) -> AsyncIterator[Caddy]:
     """Caddy serving ``https://voicebot.test:https_port`` in front of ``127.0.0.1:upstream_port``."""
@@ -118,6 +133,7 @@ async def running_caddy(upstream_port: int, https_port: int, workdir: Path) -> A
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
             await ready
+            await _wait_for_tls(caddy, https_port)
         yield caddy
     finally:
         if proc.returncode is None:
