@@ -58,9 +58,15 @@ def public_url(https_port: int) -> str:
     return f"https://{SITE_NAME}:{https_port}"
 
 
-def caddyfile_for(upstream_port: int, https_port: int, http_port: int, data_dir: Path) -> str:
-    """deploy/Caddyfile with the domain, the upstream port and ``tls internal`` filled in; nothing else changed."""
-    site = CADDYFILE.read_text()
+NAIVE_SITE = "bot.example.com {\n\treverse_proxy 127.0.0.1:8080\n}\n"
+"""What many operators write instead of deploy/Caddyfile: every path proxied. The bot must defend itself."""
+LOOPBACK_HOST_SITE = "bot.example.com {\n\treverse_proxy 127.0.0.1:8080 {\n\t\theader_up Host 127.0.0.1\n\t}\n}\n"
+"""Every path proxied with a loopback Host: only the forwarding headers Caddy adds give the internet away."""
+
+
+def caddyfile_for(upstream_port: int, https_port: int, http_port: int, data_dir: Path, site: str | None = None) -> str:
+    """deploy/Caddyfile (or ``site``) with the domain, the upstream port and ``tls internal`` filled in."""
+    site = CADDYFILE.read_text() if site is None else site
     assert "bot.example.com {" in site and "reverse_proxy 127.0.0.1:8080" in site
     site = site.replace("bot.example.com {", f"{SITE_NAME}:{https_port} {{\n\ttls internal", 1)
     site = site.replace("reverse_proxy 127.0.0.1:8080", f"reverse_proxy 127.0.0.1:{upstream_port}", 1)
@@ -87,29 +93,31 @@ class Caddy:
         return lambda: aiohttp.TCPConnector(ssl=context, resolver=StaticResolver({SITE_NAME: "127.0.0.1"}))
 
 
-async def _wait_for_tls(caddy: Caddy, port: int) -> None:
-    """Caddy logs "certificate obtained" a moment before it serves the certificate: retry the handshake."""
-    context = caddy.ssl_context()
+async def _tls_ready(https_port: int, context: ssl.SSLContext) -> None:
+    """Wait until a handshake succeeds: Caddy logs the certificate a moment before it serves it (seen here:
+    a handshake right after the log line can fail with a TLS internal-error alert)."""
     while True:
         try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname=SITE_NAME)
-        except (OSError, ssl.SSLError):
+            _, writer = await asyncio.open_connection("127.0.0.1", https_port, ssl=context, server_hostname=SITE_NAME)
+        except (ssl.SSLError, OSError):
             await asyncio.sleep(0.05)
             continue
         writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError):
+        with contextlib.suppress(ssl.SSLError, OSError):
             await writer.wait_closed()
         return
 
 
 @contextlib.asynccontextmanager
-async def running_caddy(upstream_port: int, https_port: int, workdir: Path) -> AsyncIterator[Caddy]:
+async def running_caddy(
+    upstream_port: int, https_port: int, workdir: Path, site: str | None = None
+) -> AsyncIterator[Caddy]:
     """Caddy serving ``https://voicebot.test:https_port`` in front of ``127.0.0.1:upstream_port``."""
     assert CADDY is not None
     http_port = free_port()
     data_dir = workdir / "caddy-data"
     config = workdir / "Caddyfile"
-    config.write_text(caddyfile_for(upstream_port, https_port, http_port, data_dir))
+    config.write_text(caddyfile_for(upstream_port, https_port, http_port, data_dir, site))
     env = {**os.environ, "HOME": str(workdir), "XDG_DATA_HOME": str(workdir), "XDG_CONFIG_HOME": str(workdir)}
     proc = await asyncio.create_subprocess_exec(
         CADDY, "run", "--config", str(config), "--adapter", "caddyfile",
@@ -133,7 +141,7 @@ async def running_caddy(upstream_port: int, https_port: int, workdir: Path) -> A
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
             await ready
-            await _wait_for_tls(caddy, https_port)
+            await _tls_ready(https_port, caddy.ssl_context())
         yield caddy
     finally:
         if proc.returncode is None:

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import AUTH_TOKEN
-from tests.proxy import CADDY, Caddy, free_port, public_url, running_caddy
+from tests.proxy import CADDY, LOOPBACK_HOST_SITE, NAIVE_SITE, Caddy, free_port, public_url, running_caddy
 from tests.world import World
 from voicebot import doctor
 from voicebot.caller import Say, SayWhileBotSpeaks, SimulatedCaller, WaitForBotAudio, WaitForBotSilence
@@ -134,3 +134,32 @@ async def test_outbound_call_and_doctor_through_caddy(edge: tuple[World, Caddy])
     assert [(c["call_status"], c["http_status"]) for c in callbacks] == [
         ("initiated", 204), ("ringing", 204), ("in-progress", 204), ("completed", 204),
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("site", [NAIVE_SITE, LOOPBACK_HOST_SITE], ids=["every-path", "every-path-loopback-host"])
+async def test_a_proxy_that_forwards_everything_reaches_only_twilios_endpoints(
+    start_world: Any, tmp_path: Path, site: str
+) -> None:
+    """Issue 16 through a real proxy: the bot itself refuses the dev page, metrics and unsigned streams."""
+    https_port = free_port()
+    world: World = await start_world(public_url=public_url(https_port))
+    port = world.server.server.port
+    assert port is not None
+    async with running_caddy(port, https_port, tmp_path, site=site) as caddy:
+        async with aiohttp.ClientSession(connector=caddy.connector()()) as http:
+            for method, path in [
+                ("GET", "/"), ("GET", "/static/app.js"), ("POST", "/dev/call"),
+                ("GET", "/dev/events?call_sid=CA" + "1" * 32), ("GET", "/metrics"),
+            ]:  # fmt: skip
+                headers = {"X-Voicebot-Dev": "1"}
+                async with http.request(method, caddy.public_url + path, headers=headers) as resp:
+                    assert resp.status == 404, (path, resp.status)
+            async with http.get(caddy.public_url + "/healthz") as resp:
+                assert resp.status == 200 and await resp.json() == {"status": "ok"}
+            with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+                await http.ws_connect(caddy.public_url.replace("https://", "wss://") + "/media")
+            assert info.value.status == 403
+            assert await post_voice(caddy, caddy.public_url + "/voice") == 200  # Twilio's webhook still answers
+        # Direct on the machine, the same server still serves its local tools.
+        async with aiohttp.ClientSession() as http, http.get(world.server.url("/metrics")) as resp:
+            assert resp.status == 200
