@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # apt_install.sh PACKAGE...: install Debian packages as root (or with sudo), quietly, after apt-get update.
-# Shared by scripts/install_browser.sh and scripts/install_caddy.sh.
+# Shared by scripts/install_browser.sh and scripts/install_edge.sh.
 set -euo pipefail
 
 SUDO=""

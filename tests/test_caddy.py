@@ -27,11 +27,11 @@ from voicebot.emulators import EmulatedNumber, LlmReply, ToolCall
 from voicebot.twilio import cli
 from voicebot.twilio.security import twilio_signature
 
-if CADDY is None and os.environ.get("VOICEBOT_REQUIRE_CADDY"):  # .ci/run sets it: there the test must run
-    raise RuntimeError("VOICEBOT_REQUIRE_CADDY is set but caddy is not installed (bash scripts/install_caddy.sh)")
+if CADDY is None and os.environ.get("VOICEBOT_REQUIRE_DEPLOY_TOOLS"):  # .ci/run sets it: there the test must run
+    raise RuntimeError("VOICEBOT_REQUIRE_DEPLOY_TOOLS is set but caddy is not installed (scripts/install_edge.sh)")
 
 pytestmark = [
-    pytest.mark.skipif(CADDY is None, reason="caddy is not installed (bash scripts/install_caddy.sh)"),
+    pytest.mark.skipif(CADDY is None, reason="caddy is not installed (bash scripts/install_edge.sh)"),
     pytest.mark.timeout(120),
 ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import stat
@@ -21,7 +22,13 @@ VENV_PYTHON = "/opt/voicebot/venv/bin/python"
 MAX_EXPOSURE = 2.0
 """`systemd-analyze security --offline=yes` rates the unit 1.2 ("OK") with systemd 252; fail if it gets worse."""
 
+if os.environ.get("VOICEBOT_REQUIRE_DEPLOY_TOOLS"):  # .ci/run sets it: there these tests must run, not skip
+    missing = [tool for tool in ("systemd-analyze", "nginx", "openssl") if shutil.which(tool) is None]
+    assert not missing, f"VOICEBOT_REQUIRE_DEPLOY_TOOLS is set but {missing} not installed (scripts/install_edge.sh)"
 needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+needs_nginx = pytest.mark.skipif(
+    shutil.which("nginx") is None or shutil.which("openssl") is None, reason="no nginx or openssl"
+)
 
 
 def unit_directives() -> dict[str, list[str]]:
@@ -94,6 +101,29 @@ def test_edges_expose_only_twilio_paths() -> None:
         assert needed in nginx
     timeout = re.search(r"proxy_read_timeout (\d+)s;", nginx)
     assert timeout and int(timeout.group(1)) > Settings().max_call_duration_s
+
+
+@needs_nginx
+def test_nginx_site_passes_nginx_t(tmp_path: Path) -> None:
+    """The site as Debian's nginx includes it (inside ``http {}``), with a throwaway certificate for the name."""
+    cert, key = tmp_path / "fullchain.pem", tmp_path / "privkey.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=bot.example.com",
+         "-keyout", str(key), "-out", str(cert)],
+        capture_output=True, check=True,
+    )  # fmt: skip
+    site = (DEPLOY / "nginx-voicebot.conf").read_text()
+    site = site.replace("/etc/letsencrypt/live/bot.example.com/", f"{tmp_path}/")
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n    access_log off;\n    include {tmp_path}/site.conf;\n}}\n"
+    )
+    done = subprocess.run(
+        ["nginx", "-t", "-q", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
 
 
 def run_install(root: Path) -> str:

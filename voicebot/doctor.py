@@ -67,6 +67,10 @@ def check_settings(settings: Settings, report: Report) -> bool:
         )
     else:
         report.ok("Deepgram and OpenAI keys are set")
+    try:
+        settings.check_startup()
+    except SettingsError as exc:
+        report.problem(f"the bot refuses to start with these settings: {exc}")
     probe = True
     parts = urlsplit(settings.public_url)
     if (problem := public_url_problem(settings)) is not None:
