@@ -478,3 +478,25 @@ async def test_a_long_tool_gets_the_still_working_line_once(tools_world: Any, se
 
     still = world.server.settings.tool_still_working
     assert heard_after_greeting(world, result) == audio_of(BOOK_SAY) + audio_of(still) + spoken(reply)
+
+
+async def test_a_hang_up_does_not_cut_off_a_booking_in_flight(tools_world: Any, service: ToolService) -> None:
+    world: World = await tools_world()
+    emu = world.emu
+    emu.stt.script.append("A table for two at seven, please.")
+    emu.llm.script.extend([LlmReply("Let me book that.", [ToolCall("book_table", {"time": "19:00", "people": 2})])])
+    service.answers["/book"] = fixed(text='{"booked": true}', delay_s=SLOW_TOOL_S / 2)
+    steps: list[Step] = [WaitForBotAudio(WAIT_S), WaitForBotSilence(WAIT_S, quiet_ms=400), Say("hours")]
+    result = await world.call([*steps, WaitForBotAudio(WAIT_S), HangUp()])
+    assert result.ok, result.format_timeline()
+    hung_up = result.events_of("stop_sent")[-1].t
+    async with asyncio.timeout(TOOL_WAIT_S):
+        for session in list(world.server.state.sessions):
+            await session.finished.wait()
+
+    [booking] = service.requests
+    assert booking.answered is not None
+    assert booking.received < hung_up < booking.answered  # in flight when the caller hung up
+    [line] = tool_lines(world)
+    assert line["outcome"] == "ok"  # waited for, not cancelled: the transcript has the booking's result
+    assert line["result"] == '{"booked": true}'

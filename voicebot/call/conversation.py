@@ -72,6 +72,9 @@ STT_STALL_S = 3.0
 """Local VAD has heard speech for this long with no message at all from the recogniser: the stream is stuck."""
 STT_WATCHDOG_PERIOD_S = 0.5
 SHUTDOWN_GOODBYE_TIMEOUT_S = 10.0
+SIDE_EFFECT_GRACE_S = 10.0
+"""When the call ends, how long side-effecting tool calls still in flight may finish (each has its own timeout
+too); past it they are cancelled."""
 PLAYOUT_WATCHDOG_PERIOD_S = 0.5
 HANG_UP_TIMEOUT_S = 10.0
 CONTEXT_INTRO = "\n\nYou placed this call. What it is about: "
@@ -154,10 +157,9 @@ class Conversation:
     async def run(self) -> None:
         """Greet, then listen and answer until the call ends (raises CallEnded when the bot hangs up)."""
         try:
-            # The call's voice first: a socket transport starts connecting now, without delaying the greeting.
-            async with self.services.tts.open_call() as voice, asyncio.TaskGroup() as tg:
-                self._voice = voice
-                self._tg = tg
+            # Side-effecting tool calls live in their own TaskGroup around the call's loops: when the call ends
+            # (hang-up, the bot's goodbye), a booking in flight is waited for, not cut off mid-request.
+            async with asyncio.TaskGroup() as side_effects:
                 self._tools = ToolRunner(
                     self.services.tools,
                     self._tool_context,
@@ -167,17 +169,27 @@ class Conversation:
                         max_same_call=self.settings.tool_max_same_call,
                         settle_s=self.settings.tool_settle_s,
                     ),
-                    tg,
+                    side_effects,
                     functools.partial(
                         record_outcome, metrics=self.metrics, transcript=self.transcript, tools=self.services.tools
                     ),
                 )
-                self._start_fixed(self.settings.greeting, interruptible=True, grace_ms=self.settings.barge_in_grace_ms)
-                tg.create_task(self._control(), name="control")
-                tg.create_task(self._listen(), name="stt")
-                tg.create_task(self._playout_watchdog(), name="playout-watchdog")
+                try:
+                    await self._run_call()
+                finally:
+                    await self._tools.finish(SIDE_EFFECT_GRACE_S)
         finally:
             self.transcript.close()
+
+    async def _run_call(self) -> None:
+        # The call's voice first: a socket transport starts connecting now, without delaying the greeting.
+        async with self.services.tts.open_call() as voice, asyncio.TaskGroup() as tg:
+            self._voice = voice
+            self._tg = tg
+            self._start_fixed(self.settings.greeting, interruptible=True, grace_ms=self.settings.barge_in_grace_ms)
+            tg.create_task(self._control(), name="control")
+            tg.create_task(self._listen(), name="stt")
+            tg.create_task(self._playout_watchdog(), name="playout-watchdog")
 
     async def _playout_watchdog(self) -> None:
         """Twilio echoes each mark once its audio has played; marks long overdue mean the peer stopped reading."""

@@ -1,9 +1,11 @@
 """Running one call's tool calls: checks, ownership, bounds, and exactly one outcome per call id.
 
 Who owns a tool call (DESIGN.md): a lookup (``side_effects = false``) runs in the bot turn's TaskGroup, so a
-barge-in that cancels the turn cancels it. A call with side effects runs in the call's TaskGroup: it outlives the
-turn that asked for it, and its outcome is recorded (and reaches the history) when it lands. Nothing here raises
-into the call: every failure becomes an outcome whose content is one line the model cannot take for an answer.
+barge-in that cancels the turn cancels it. A call with side effects runs in a TaskGroup of the call (``owner``):
+it outlives the turn that asked for it, its outcome is recorded (and reaches the history) when it lands, and when
+the call itself ends the conversation waits for it (:meth:`finish`, bounded) rather than cutting it off. Nothing
+here raises into the call: every failure becomes an outcome whose content is one line the model cannot take for
+an answer.
 """
 
 from __future__ import annotations
@@ -146,6 +148,13 @@ class ToolRunner:
         tasks = [task for _, task in self._in_flight.values()]
         if tasks:
             await asyncio.wait(tasks, timeout=self.limits.settle_s)
+
+    async def finish(self, timeout_s: float) -> None:
+        """The call is ending: let side effects in flight finish (bounded), so none is cut off mid-request."""
+        tasks = [task for _, task in self._in_flight.values()]
+        if tasks:
+            log.info("tool_waiting_at_call_end", calls=len(tasks))
+            await asyncio.wait(tasks, timeout=timeout_s)
 
     async def _run(self, tool: Tool, call: ToolCall) -> ToolOutcome:
         started = time.monotonic()
