@@ -21,7 +21,7 @@ from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 DEFAULT_CONFIG = Path("config/voicebot.toml")
-_PROVIDER_PREFIXES = ("deepgram_", "openai_", "twilio_")
+_PROVIDER_PREFIXES = ("deepgram_", "openai_", "twilio_", "elevenlabs_", "cartesia_")
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 
@@ -80,6 +80,8 @@ class Settings(BaseModel):
         "uh-huh", "uh huh", "mm-hmm", "mhm", "mm", "hmm", "yeah", "yep", "yes", "okay", "ok", "right", "sure",
         "got it", "i see", "alright", "all right",
     )  # fmt: skip
+    # text-to-speech: which voice
+    tts_provider: Literal["deepgram", "elevenlabs", "cartesia"] = "deepgram"
     # Deepgram
     deepgram_api_key: SecretStr | None = None
     deepgram_base_url: str = "https://api.deepgram.com"
@@ -90,6 +92,18 @@ class Settings(BaseModel):
     deepgram_tts_model: str = "aura-2-asteria-en"
     deepgram_tts_encoding: str = "mulaw"
     deepgram_tts_sample_rate: int = 8000
+    deepgram_tts_transport: Literal["rest", "websocket"] = "rest"
+    # ElevenLabs
+    elevenlabs_api_key: SecretStr | None = None
+    elevenlabs_voice_id: str = ""
+    elevenlabs_model: str = "eleven_flash_v2_5"
+    elevenlabs_base_url: str = "https://api.elevenlabs.io"
+    # Cartesia
+    cartesia_api_key: SecretStr | None = None
+    cartesia_voice_id: str = ""
+    cartesia_model: str = "sonic-2"
+    cartesia_base_url: str = "https://api.cartesia.ai"
+    cartesia_version: str = "2025-04-16"
     # OpenAI
     openai_api_key: SecretStr | None = None
     openai_base_url: str = "https://api.openai.com/v1"
@@ -123,7 +137,17 @@ class Settings(BaseModel):
             raise ValueError("Twilio Media Streams play only mu-law at 8000 Hz: set it to 8000")
         return value
 
-    @field_validator("public_url", "deepgram_base_url", "openai_base_url", "twilio_api_base_url")
+    @field_validator("cartesia_version")
+    @classmethod
+    def _api_version(cls, value: str) -> str:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            raise ValueError("must be an API version date like 2025-04-16")
+        return value
+
+    @field_validator(
+        "public_url", "deepgram_base_url", "openai_base_url", "twilio_api_base_url", "elevenlabs_base_url",
+        "cartesia_base_url",
+    )  # fmt: skip
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not value:
@@ -157,10 +181,13 @@ class Settings(BaseModel):
 
     @property
     def deepgram_ws_url(self) -> str:
-        """The live-STT WebSocket base, derived from DEEPGRAM_BASE_URL (https → wss, http → ws)."""
-        parts = urlsplit(self.deepgram_base_url)
-        scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-        return urlunsplit((scheme, parts.netloc, parts.path, "", ""))
+        """The WebSocket base (live STT, speak socket), derived from DEEPGRAM_BASE_URL (https → wss, http → ws)."""
+        return ws_url(self.deepgram_base_url)
+
+    @property
+    def cartesia_ws_url(self) -> str:
+        """Cartesia's TTS socket, derived from CARTESIA_BASE_URL (https → wss, http → ws)."""
+        return ws_url(self.cartesia_base_url) + "/tts/websocket"
 
     @property
     def is_loopback(self) -> bool:
@@ -189,6 +216,13 @@ class Settings(BaseModel):
             names.append("DEEPGRAM_API_KEY")
         if self.openai_api_key is None or not self.openai_api_key.get_secret_value():
             names.append("OPENAI_API_KEY")
+        # Only what the chosen voice needs: an unused provider's settings may stay empty.
+        if self.tts_provider == "elevenlabs":
+            names += _unset(
+                ("ELEVENLABS_API_KEY", self.elevenlabs_api_key), ("ELEVENLABS_VOICE_ID", self.elevenlabs_voice_id)
+            )
+        elif self.tts_provider == "cartesia":
+            names += _unset(("CARTESIA_API_KEY", self.cartesia_api_key), ("CARTESIA_VOICE_ID", self.cartesia_voice_id))
         return names
 
     def secret_values(self) -> list[str]:
@@ -199,6 +233,8 @@ class Settings(BaseModel):
             self.twilio_auth_token,
             self.token_secret,
             self.metrics_token,
+            self.elevenlabs_api_key,
+            self.cartesia_api_key,
         ]
         return [s.get_secret_value() for s in secrets if s is not None and len(s.get_secret_value()) >= 4]
 
@@ -239,7 +275,29 @@ class Settings(BaseModel):
         return out
 
 
-_SECRET_FIELDS = frozenset({"deepgram_api_key", "openai_api_key", "twilio_auth_token", "token_secret", "metrics_token"})
+_SECRET_FIELDS = frozenset(
+    {"deepgram_api_key", "openai_api_key", "twilio_auth_token", "token_secret", "metrics_token"}
+    | {"elevenlabs_api_key", "cartesia_api_key"}
+)
+
+
+def ws_url(base_url: str) -> str:
+    """The WebSocket form of an http(s) base URL (https → wss, http → ws), path kept."""
+    parts = urlsplit(base_url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, parts.path, "", ""))
+
+
+def _unset(*pairs: tuple[str, SecretStr | str | None]) -> list[str]:
+    """The names whose value is unset or empty."""
+    missing = []
+    for name, value in pairs:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if not text:
+            missing.append(name)
+    return missing
+
+
 ENV_TO_FIELD = {env_name(name): name for name in Settings.model_fields}
 
 

@@ -37,7 +37,16 @@ from voicebot.call.vad import FrameVad
 from voicebot.errors import CallEnded, ProviderError, first_leaf
 from voicebot.logs import get_logger
 from voicebot.metrics import Metrics
-from voicebot.providers.base import Message, SpeechStarted, SttEvent, SttStream, Transcript, UtteranceEnd
+from voicebot.providers.base import (
+    Message,
+    SpeechStarted,
+    SttEvent,
+    SttStream,
+    TextToSpeech,
+    Transcript,
+    TtsCall,
+    UtteranceEnd,
+)
 from voicebot.settings import Settings
 from voicebot.twilio import twiml, wire
 
@@ -151,6 +160,7 @@ class Conversation:
         self._last_stt_send = time.monotonic()
         self._stt_silent_since: float | None = None  # first VAD speech frame not yet answered by any STT message
         self._tg: asyncio.TaskGroup | None = None
+        self._voice: TtsCall | None = None
         self._ending = False
         self.turns_completed = 0
         self.barge_ins = 0
@@ -160,7 +170,9 @@ class Conversation:
     async def run(self) -> None:
         """Greet, then listen and answer until the call ends (raises CallEnded when the bot hangs up)."""
         try:
-            async with asyncio.TaskGroup() as tg:
+            # The call's voice first: a socket transport starts connecting now, without delaying the greeting.
+            async with self.services.tts.open_call() as voice, asyncio.TaskGroup() as tg:
+                self._voice = voice
                 self._tg = tg
                 self._start_fixed(self.settings.greeting, interruptible=True, grace_ms=self.settings.barge_in_grace_ms)
                 tg.create_task(self._control(), name="control")
@@ -407,7 +419,7 @@ class Conversation:
             BotTurn(
                 self._next_gen(),
                 self.out,
-                tts=self.services.tts,
+                tts=self._turn_voice(),
                 llm=self.services.llm,
                 messages=messages,
                 tools=self.tools,
@@ -420,6 +432,9 @@ class Conversation:
 
     # --- bot turns ---------------------------------------------------------------------------------------------
 
+    def _turn_voice(self) -> TextToSpeech:
+        return self._voice.for_turn() if self._voice is not None else self.services.tts
+
     def _next_gen(self) -> int:
         self._gen += 1
         self.out.current_gen = self._gen
@@ -430,7 +445,7 @@ class Conversation:
         turn = BotTurn(
             self._next_gen(),
             self.out,
-            tts=self.services.tts,
+            tts=self._turn_voice(),
             fixed=(text, self.services.phrases.cached(text)),
             on_first_media=self._on_first_media,
         )
@@ -510,7 +525,7 @@ class Conversation:
     async def _say(self, text: str) -> None:
         """Play a fixed phrase to the end (non-interruptible), inside the current task."""
         turn = BotTurn(
-            self._next_gen(), self.out, tts=self.services.tts, fixed=(text, self.services.phrases.cached(text))
+            self._next_gen(), self.out, tts=self._turn_voice(), fixed=(text, self.services.phrases.cached(text))
         )
         self._turn = turn
         self.machine.bot_started(time.monotonic(), interruptible=False)

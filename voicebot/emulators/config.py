@@ -40,7 +40,12 @@ class SttConfig:
 
 @dataclass
 class TtsConfig:
-    """Deepgram Aura REST TTS knobs."""
+    """TTS knobs, shared by every emulated voice (Aura REST and socket, ElevenLabs, Cartesia).
+
+    Latency model: ``ttfb_ms`` from request (REST), Flush (Aura socket) or context (Cartesia) to the first audio
+    byte, then audio at ``bytes_per_second`` (4x real time by default) in ``chunk_bytes`` pieces; an Aura socket
+    synthesises its texts one after another, the others in parallel.
+    """
 
     ttfb_ms: float = 150.0
     """Wall-clock time from request to the first audio byte."""
@@ -134,6 +139,8 @@ class EmulatorConfig:
     openai_key: str | None = None
     twilio_account_sid: str | None = None
     twilio_auth_token: str | None = None
+    elevenlabs_key: str | None = None
+    cartesia_key: str | None = None
     stt: SttConfig = field(default_factory=SttConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
     llm: LlmConfig = field(default_factory=LlmConfig)
