@@ -223,7 +223,8 @@ class BotTurn:
         assert self._llm is not None
         chunker = TextChunker()
         loop = asyncio.get_running_loop()
-        self.timing.llm_request = time.monotonic()
+        if self.timing.llm_request is None:  # set already when the reply was prepared speculatively
+            self.timing.llm_request = time.monotonic()
         try:
             async with asyncio.timeout(LLM_FIRST_TOKEN_TIMEOUT_S) as deadline:
                 async with self._llm.stream(self._messages, self._tools) as events:

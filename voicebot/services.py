@@ -21,6 +21,7 @@ from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
 from voicebot.logs import get_logger
 from voicebot.phrases import PhraseCache
 from voicebot.providers.base import LanguageModel, SpeechToText, Telephony, TextToSpeech
+from voicebot.providers.deepgram_flux import DeepgramFlux
 from voicebot.providers.deepgram_stt import DeepgramStt
 from voicebot.providers.deepgram_tts import DeepgramTts
 from voicebot.providers.openai_llm import OpenAiChat
@@ -108,14 +109,25 @@ def services_context(settings: Settings) -> Callable[[web.Application], AsyncIte
             log.warning("twilio_rest_not_configured", effect="calls end by closing the stream, not via the REST API")
         tts = DeepgramTts(deepgram, model=settings.deepgram_tts_model)
         phrases = PhraseCache(tts)
-        app[SERVICES] = Services(
-            stt=DeepgramStt(
+        stt: SpeechToText
+        if settings.flux:
+            stt = DeepgramFlux(
+                deepgram,
+                model=settings.deepgram_stt_model,
+                eot_threshold=settings.deepgram_eot_threshold,
+                eager_eot_threshold=settings.deepgram_eager_eot_threshold,
+                eot_timeout_ms=settings.deepgram_eot_timeout_ms,
+            )
+        else:
+            stt = DeepgramStt(
                 deepgram,
                 model=settings.deepgram_stt_model,
                 language=settings.deepgram_language,
                 endpointing_ms=settings.deepgram_endpointing_ms,
                 utterance_end_ms=settings.deepgram_utterance_end_ms,
-            ),
+            )
+        app[SERVICES] = Services(
+            stt=stt,
             llm=OpenAiChat(
                 llm_client,
                 model=settings.openai_model,

@@ -20,7 +20,7 @@ log = get_logger("voicebot.stt")
 PROVIDER = "deepgram_stt"
 
 
-def _translate(exc: BaseException) -> ProviderError:
+def translate(exc: BaseException) -> ProviderError:
     if isinstance(exc, ApiError):
         status = exc.status_code or 0
         # The SDK drops the server's body and dg-error header on a refused upgrade: only the status is known.
@@ -34,7 +34,7 @@ def _translate(exc: BaseException) -> ProviderError:
     return ProviderError(PROVIDER, f"{type(exc).__name__}: {exc}", transient=True)
 
 
-_SDK_ERRORS = (ApiError, websockets.exceptions.WebSocketException, OSError, TimeoutError)
+SDK_ERRORS = (ApiError, websockets.exceptions.WebSocketException, OSError, TimeoutError)
 
 
 class DeepgramSttStream:
@@ -48,20 +48,20 @@ class DeepgramSttStream:
             return  # an empty binary frame makes Deepgram close the stream
         try:
             await self._conn.send_media(audio)
-        except _SDK_ERRORS as exc:
-            raise _translate(exc) from exc
+        except SDK_ERRORS as exc:
+            raise translate(exc) from exc
 
     async def keep_alive(self) -> None:
         try:
             await self._conn.send_keep_alive()
-        except _SDK_ERRORS as exc:
-            raise _translate(exc) from exc
+        except SDK_ERRORS as exc:
+            raise translate(exc) from exc
 
     async def finalize(self) -> None:
         try:
             await self._conn.send_finalize()
-        except _SDK_ERRORS as exc:
-            raise _translate(exc) from exc
+        except SDK_ERRORS as exc:
+            raise translate(exc) from exc
 
     async def events(self) -> AsyncIterator[SttEvent]:
         try:
@@ -82,8 +82,8 @@ class DeepgramSttStream:
                     yield UtteranceEnd(last_word_end_s=float(msg.last_word_end))
                 elif isinstance(msg, ListenV1Error):
                     log.warning("stt_error_message", description=str(getattr(msg, "description", ""))[:200])
-        except _SDK_ERRORS as exc:
-            raise _translate(exc) from exc
+        except SDK_ERRORS as exc:
+            raise translate(exc) from exc
         # A normal close (1000) ends the iterator: the stream is over, which the session treats as a drop.
         raise ProviderError(PROVIDER, "stream ended", transient=True)
 
@@ -113,5 +113,5 @@ class DeepgramStt:
         try:
             async with self._client.listen.v1.connect(**self._options) as conn:
                 yield DeepgramSttStream(conn)
-        except _SDK_ERRORS as exc:
-            raise _translate(exc) from exc
+        except SDK_ERRORS as exc:
+            raise translate(exc) from exc
