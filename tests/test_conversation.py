@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+import pytest
 
 from tests.world import World, audio_of, segments_of
 from voicebot.caller import CallResult, Dtmf, HangUp, Say, SayWhileBotSpeaks, WaitForBotAudio, WaitForBotSilence
@@ -33,6 +34,21 @@ LONG_REPLY = (
 )
 
 MEDIUM_REPLY = "Let me explain our pricing plans for you. The basic plan costs ten dollars a month and covers one line."
+
+
+LISTENING_MODES = {"nova": {}, "flux": {"deepgram_stt_model": "flux-general-en"}}
+
+
+@pytest.fixture(params=sorted(LISTENING_MODES))
+def start_listening_world(start_world: Any, request: pytest.FixtureRequest) -> Any:
+    """``start_world`` in each listening mode: Deepgram Nova (/v1/listen) and Deepgram Flux (/v2/listen)."""
+    mode: dict[str, Any] = LISTENING_MODES[request.param]
+
+    async def factory(**overrides: Any) -> World:
+        world: World = await start_world(**{**mode, **overrides})
+        return world
+
+    return factory
 
 
 def greeting_steps() -> list[Step]:
@@ -69,8 +85,8 @@ async def test_greeting_is_the_first_audio_and_comes_from_the_cache(start_world:
     assert result.media[0].t - start_sent.t < GREETING_FIRST_AUDIO_BOUND_S
 
 
-async def test_reply_is_played_in_text_order_even_when_the_first_segment_is_slowest(start_world: Any) -> None:
-    world: World = await start_world()
+async def test_reply_is_played_in_text_order_even_when_the_first_segment_is_slowest(start_listening_world: Any) -> None:
+    world: World = await start_listening_world()
     segments = segments_of(FOUR_SENTENCES)
     assert len(segments) == 4, segments
     world.emu.stt.script.append("When are you open?")
@@ -91,8 +107,8 @@ async def test_reply_is_played_in_text_order_even_when_the_first_segment_is_slow
     assert all(requests[s].t < first_byte for s in segments[1:])
 
 
-async def test_barge_in_clears_cancels_and_keeps_only_what_was_heard(start_world: Any) -> None:
-    world: World = await start_world()
+async def test_barge_in_clears_cancels_and_keeps_only_what_was_heard(start_listening_world: Any) -> None:
+    world: World = await start_listening_world()
     emu = world.emu
     emu.stt.script.extend(["Tell me about your pricing.", "Wait, stop, I have a different question."])
     emu.llm.script.extend([LONG_REPLY, "Of course, what is your question?"])
@@ -141,8 +157,8 @@ async def test_barge_in_clears_cancels_and_keeps_only_what_was_heard(start_world
     assert LONG_REPLY[len(heard_text)] == " "  # snapped to a whole word
 
 
-async def test_backchannel_resumes_the_reply_without_asking_the_model(start_world: Any) -> None:
-    world: World = await start_world()
+async def test_backchannel_resumes_the_reply_without_asking_the_model(start_listening_world: Any) -> None:
+    world: World = await start_listening_world()
     emu = world.emu
     emu.stt.script.extend(["Tell me about your pricing.", "uh-huh"])
     emu.llm.script.append(MEDIUM_REPLY)
@@ -176,8 +192,8 @@ async def test_backchannel_resumes_the_reply_without_asking_the_model(start_worl
     assert result.bytes_dropped == dropped
 
 
-async def test_hang_up_only_after_the_goodbye_has_played(start_world: Any) -> None:
-    world: World = await start_world()
+async def test_hang_up_only_after_the_goodbye_has_played(start_listening_world: Any) -> None:
+    world: World = await start_listening_world()
     emu = world.emu
     emu.stt.script.append("Thanks, goodbye.")
     emu.llm.script.append(LlmReply(tool_calls=(ToolCall("end_call", {"reason": "caller said goodbye"}),)))
@@ -227,8 +243,8 @@ async def test_dtmf_digits_reach_the_model(start_world: Any) -> None:
     assert "42" in last_user["content"]
 
 
-async def test_transcript_file_holds_what_was_said_and_heard(start_world: Any) -> None:
-    world: World = await start_world()
+async def test_transcript_file_holds_what_was_said_and_heard(start_listening_world: Any) -> None:
+    world: World = await start_listening_world()
     world.emu.stt.script.append("When are you open?")
     world.emu.llm.script.append("We are open from nine to six.")
     result = await world.call(
