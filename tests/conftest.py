@@ -14,9 +14,10 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from tests.emulator_fixtures import SdkClients, fast_config, sdk_clients
+from voicebot.call.services import SERVICES
+from voicebot.call.state import STATE, AppState
 from voicebot.emulators import EmulatorConfig, Emulators, running_emulators
-from voicebot.server import STATE, AppState, create_app
-from voicebot.services import SERVICES
+from voicebot.server import create_app
 from voicebot.settings import Settings
 
 if TYPE_CHECKING:

@@ -41,8 +41,8 @@ from voicebot.caller import (
 )
 from voicebot.caller.__main__ import amain
 from voicebot.caller.script import resolve_audio
-from voicebot.security import validate_twilio_signature
-from voicebot.twilio_wire import (
+from voicebot.twilio.security import validate_twilio_signature
+from voicebot.twilio.wire import (
     Connected,
     InboundEvent,
     Mark,
@@ -54,7 +54,7 @@ from voicebot.twilio_wire import (
     media_message,
     parse_inbound,
 )
-from voicebot.twilio_wire import (
+from voicebot.twilio.wire import (
     Dtmf as DtmfEvent,
 )
 

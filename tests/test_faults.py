@@ -20,7 +20,7 @@ import pytest
 from aiohttp import WSCloseCode, web
 
 from tests.world import TTS_MODEL, World, segments_of
-from voicebot import bot_turn, conversation
+from voicebot.call import bot_turn, conversation
 from voicebot.caller import CallResult, HangUp, Say, SimulatedCaller, WaitForBotAudio, WaitForBotSilence
 from voicebot.caller.script import Step
 from voicebot.emulators import Emulators, Event, LlmFaults, TtsFaults, synthesize, tokenize

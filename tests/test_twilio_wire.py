@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from voicebot import twilio_wire as wire
+from voicebot.twilio import wire
 
 # Verbatim examples from twilio.com/docs/voice/media-streams/websocket-messages (via shared/PROVIDERS.md §4.2).
 CONNECTED = '{"event":"connected","protocol":"Call","version":"1.0.0"}'

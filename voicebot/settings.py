@@ -46,6 +46,8 @@ class Settings(BaseModel):
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     dev_page: bool | None = None
+    dev_remote_calls: bool = False
+    metrics_token: SecretStr | None = None
     # limits
     max_calls: int = Field(200, ge=1)
     max_message_bytes: int = Field(64 * 1024, ge=1024)
@@ -173,6 +175,17 @@ class Settings(BaseModel):
         except ValueError:
             return False
 
+    @property
+    def public_is_loopback(self) -> bool:
+        """True if ``public_url`` names this machine: nothing outside can reach the bot through it."""
+        host = urlsplit(self.public_url).hostname or ""
+        if host in LOOPBACK_NAMES:
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
     def missing(self) -> list[str]:
         """Names of the credentials a call needs and that are not set."""
         names = []
@@ -184,16 +197,33 @@ class Settings(BaseModel):
 
     def secret_values(self) -> list[str]:
         """Every secret value set, for the log redactor."""
-        secrets = [self.deepgram_api_key, self.openai_api_key, self.twilio_auth_token, self.token_secret]
+        secrets = [
+            self.deepgram_api_key,
+            self.openai_api_key,
+            self.twilio_auth_token,
+            self.token_secret,
+            self.metrics_token,
+        ]
         return [s.get_secret_value() for s in secrets if s is not None and len(s.get_secret_value()) >= 4]
 
     def check_startup(self) -> None:
         """Refuse configurations that are unsafe to serve; raise SettingsError saying why."""
-        if not self.is_loopback and self.twilio_auth_token is None and not self.allow_unsigned:
+        if self.twilio_auth_token is not None or self.allow_unsigned:
+            return
+        if not self.is_loopback:
             raise SettingsError(
                 f"refusing to listen on {self.host} without TWILIO_AUTH_TOKEN: anyone could open calls and "
                 "spend your Deepgram and OpenAI credits. Set TWILIO_AUTH_TOKEN, bind VOICEBOT_HOST to "
                 "127.0.0.1, or set VOICEBOT_ALLOW_UNSIGNED=true if a proxy in front checks requests."
+            )
+        if not self.public_is_loopback:
+            # A public URL means a proxy or tunnel forwards the internet to us: every request then arrives
+            # from loopback, so binding to 127.0.0.1 protects nothing.
+            raise SettingsError(
+                "refusing to serve VOICEBOT_PUBLIC_URL (a non-loopback URL: a proxy or tunnel makes the bot "
+                "reachable from the internet) without TWILIO_AUTH_TOKEN: anyone could open calls and spend your "
+                "Deepgram and OpenAI credits. Set TWILIO_AUTH_TOKEN, or set VOICEBOT_ALLOW_UNSIGNED=true if the "
+                "proxy in front checks Twilio's signatures."
             )
 
     def redacted(self) -> dict[str, Any]:
@@ -213,7 +243,7 @@ class Settings(BaseModel):
         return out
 
 
-_SECRET_FIELDS = frozenset({"deepgram_api_key", "openai_api_key", "twilio_auth_token", "token_secret"})
+_SECRET_FIELDS = frozenset({"deepgram_api_key", "openai_api_key", "twilio_auth_token", "token_secret", "metrics_token"})
 ENV_TO_FIELD = {env_name(name): name for name in Settings.model_fields}
 
 

@@ -21,7 +21,6 @@ from typing import Literal, assert_never
 
 import aiohttp
 
-from voicebot import twilio_wire as wire
 from voicebot.audio import FRAME_BYTES, FRAME_MS, MULAW_SILENCE
 from voicebot.caller.playback import AudioStarted, AudioStopped, PlaybackClock
 from voicebot.caller.script import (
@@ -45,8 +44,9 @@ from voicebot.caller.twiml import (
     reachable_stream_url,
     webhook_params,
 )
-from voicebot.security import twilio_signature
-from voicebot.twilio_wire import OutClear, OutMark, OutMedia, WireError, parse_outbound
+from voicebot.twilio import wire
+from voicebot.twilio.security import twilio_signature
+from voicebot.twilio.wire import OutClear, OutMark, OutMedia, WireError, parse_outbound
 
 FRAME_S = FRAME_MS / 1000
 WEBHOOK_TIMEOUT_S = 15.0  # Twilio's default webhook timeout

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from voicebot.audio import BYTES_PER_SECOND
-from voicebot.chunker import TextChunker
+from voicebot.call.chunker import TextChunker
+from voicebot.call.playout import HeardText, Segment, heard_text, mark_name
 from voicebot.errors import ProviderError
 from voicebot.logs import get_logger
-from voicebot.playout import HeardText, Segment, heard_text, mark_name
 from voicebot.providers.base import LanguageModel, Message, TextDelta, TextToSpeech, ToolCall
 
 log = get_logger("voicebot.turn")

@@ -15,30 +15,14 @@ from typing import Any
 
 from aiohttp import web
 
-from voicebot import twilio_wire as wire
-from voicebot import twiml
 from voicebot.audio import BYTES_PER_SECOND, FRAME_BYTES
-from voicebot.audio_out import CallAudioOut
-from voicebot.bot_turn import BotTurn, TurnResult, TurnTiming
-from voicebot.errors import CallEnded, ProviderError, first_leaf
-from voicebot.logs import get_logger
-from voicebot.metrics import Metrics
-from voicebot.playout import HeardText, PlayoutLedger, UnknownMark, parse_mark_name
-from voicebot.providers.base import (
-    Message,
-    SpeechStarted,
-    SttEvent,
-    SttStream,
-    Transcript,
-    TurnEvent,
-    UtteranceEnd,
-)
-from voicebot.providers.deepgram_flux import FLUX_CHUNK_MS
-from voicebot.services import TRANSFER_TEXT, Services
-from voicebot.settings import Settings
-from voicebot.speculation import AdoptedModel, Speculation
-from voicebot.transcript import TranscriptWriter
-from voicebot.turns import (
+from voicebot.call.audio_out import CallAudioOut
+from voicebot.call.bot_turn import BotTurn, TurnResult, TurnTiming
+from voicebot.call.playout import HeardText, PlayoutLedger, UnknownMark, parse_mark_name
+from voicebot.call.services import TRANSFER_TEXT, Services
+from voicebot.call.speculation import AdoptedModel, Speculation
+from voicebot.call.transcript import TranscriptWriter
+from voicebot.call.turns import (
     Action,
     CancelTurn,
     Clear,
@@ -52,9 +36,24 @@ from voicebot.turns import (
     TurnConfig,
     TurnTaking,
 )
-from voicebot.vad import FrameVad
+from voicebot.call.vad import FrameVad
+from voicebot.errors import CallEnded, ProviderError, first_leaf
+from voicebot.logs import get_logger
+from voicebot.metrics import Metrics
+from voicebot.providers.base import (
+    Message,
+    SpeechStarted,
+    SttEvent,
+    SttStream,
+    Transcript,
+    TurnEvent,
+    UtteranceEnd,
+)
+from voicebot.providers.deepgram_flux import FLUX_CHUNK_MS
+from voicebot.settings import Settings
+from voicebot.twilio import twiml, wire
 
-log = get_logger("voicebot.conversation")
+log = get_logger("voicebot.call.conversation")
 
 STT_AUDIO_MAX_BYTES = 2 * BYTES_PER_SECOND
 """2 s of caller audio waiting for the STT socket; on overflow the oldest audio is dropped (live audio wins)."""

@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from voicebot.call.turns import normalize
 from voicebot.errors import ProviderError
 from voicebot.providers.base import LanguageModel, LlmEvent, Message, TextDelta
-from voicebot.turns import normalize
 
 SPECULATION_TIMEOUT_S = 30.0
 """A held stream that is neither adopted nor dropped by then is abandoned (every caller turn ends in one or the

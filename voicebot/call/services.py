@@ -18,17 +18,17 @@ import openai
 from aiohttp import web
 from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
 
+from voicebot.call.phrases import PhraseCache
 from voicebot.logs import get_logger
-from voicebot.phrases import PhraseCache
 from voicebot.providers.base import LanguageModel, SpeechToText, Telephony, TextToSpeech
 from voicebot.providers.deepgram_flux import DeepgramFlux
 from voicebot.providers.deepgram_stt import DeepgramStt
 from voicebot.providers.deepgram_tts import DeepgramTts
 from voicebot.providers.openai_llm import OpenAiChat
-from voicebot.providers.twilio_rest import TwilioRest
 from voicebot.settings import Settings
+from voicebot.twilio.rest import TwilioRest
 
-log = get_logger("voicebot.services")
+log = get_logger("voicebot.call.services")
 
 KEEPALIVE_S = 120.0
 CONNECT_TIMEOUT_S = 3.0

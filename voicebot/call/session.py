@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, assert_never
+from typing import assert_never
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from voicebot import twilio_wire as wire
-from voicebot.conversation import Conversation
+from voicebot.call.conversation import Conversation
+from voicebot.call.services import Services
+from voicebot.call.state import AppState
 from voicebot.errors import CallEnded, first_leaf
 from voicebot.logs import get_logger
-from voicebot.security import TokenError
+from voicebot.twilio import wire
+from voicebot.twilio.security import TokenError
 
-if TYPE_CHECKING:
-    from voicebot.server import AppState
-    from voicebot.services import Services
-
-log = get_logger("voicebot.session")
+log = get_logger("voicebot.call.session")
 
 MAX_LOGGED_PROTOCOL_ERRORS = 5
 """Per call; further malformed messages are only counted (a bad peer must not flood the log)."""
@@ -37,8 +35,12 @@ class CallSession:
         state: AppState,
         services: Services | None = None,
         transport: asyncio.BaseTransport | None = None,
+        *,
+        dev_token_only: bool = False,
     ) -> None:
         self.ws = ws
+        self.dev_token_only = dev_token_only
+        """An unsigned upgrade while Twilio signatures are checked: only a token minted by the dev page may open it."""
         self.transport = transport
         self.state = state
         self.services = services
@@ -135,6 +137,9 @@ class CallSession:
                     break
         except TimeoutError:
             return await self._refuse("no_start", "no start message in time")
+        if self.dev_token_only and not self.state.is_dev_call(event.call_sid):
+            # A Twilio stream is always signed: an unsigned one is someone replaying a /voice token.
+            return await self._refuse("bad_token", "unsigned stream for a call the dev page did not place")
         try:
             self.state.tokens.redeem(event.custom_parameters.get("token"), event.call_sid)
         except TokenError as exc:
