@@ -7,6 +7,7 @@ TCP and TLS handshake; the fixed-phrase warm-up at startup opens the first TTS c
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,10 @@ from aiohttp import web
 from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
 
 from voicebot.call.phrases import PhraseCache
+from voicebot.errors import ProviderError
 from voicebot.logs import get_logger
 from voicebot.providers.base import LanguageModel, SpeechToText, Telephony, TextToSpeech
-from voicebot.providers.deepgram_flux import DeepgramFlux
+from voicebot.providers.deepgram_flux import DeepgramFlux, warm_stt_paths
 from voicebot.providers.deepgram_stt import DeepgramStt
 from voicebot.providers.deepgram_tts import DeepgramTts
 from voicebot.providers.openai_llm import OpenAiChat
@@ -31,6 +33,9 @@ from voicebot.twilio.rest import TwilioRest
 log = get_logger("voicebot.call.services")
 
 KEEPALIVE_S = 120.0
+KEEP_WARM_S = 50.0
+"""Period of the free keep-warm request: well inside KEEPALIVE_S and the providers' own idle timeouts."""
+WARMUP_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 3.0
 LLM_READ_TIMEOUT_S = 10.0
 TTS_READ_TIMEOUT_S = 10.0
@@ -126,26 +131,32 @@ def services_context(settings: Settings) -> Callable[[web.Application], AsyncIte
                 endpointing_ms=settings.deepgram_endpointing_ms,
                 utterance_end_ms=settings.deepgram_utterance_end_ms,
             )
+        llm = OpenAiChat(
+            llm_client,
+            model=settings.openai_model,
+            temperature=settings.openai_temperature,
+            max_tokens=settings.openai_max_tokens,
+        )
         app[SERVICES] = Services(
             stt=stt,
-            llm=OpenAiChat(
-                llm_client,
-                model=settings.openai_model,
-                temperature=settings.openai_temperature,
-                max_tokens=settings.openai_max_tokens,
-            ),
+            llm=llm,
             tts=tts,
             telephony=telephony,
             phrases=phrases,
             system_prompt=load_prompt(settings.prompt_file),
         )
+        # Before the server listens (so before /healthz answers): the first turn of the process must not pay the
+        # LLM connection and the SDKs' lazy model building.
+        await _warm_up(llm)
         fixed = [settings.greeting, settings.apology, settings.idle_prompt, settings.goodbye, TRANSFER_TEXT]
         warmup = asyncio.create_task(phrases.warm(fixed), name="phrase-warmup")
+        keep_warm = asyncio.create_task(_keep_warm(llm), name="llm-keep-warm")
         try:
             yield
         finally:
-            warmup.cancel()
-            await asyncio.gather(warmup, return_exceptions=True)
+            for task in (warmup, keep_warm):
+                task.cancel()
+            await asyncio.gather(warmup, keep_warm, return_exceptions=True)
             await llm_client.close()
             await dg_http.aclose()
             await http.close()
@@ -154,3 +165,26 @@ def services_context(settings: Settings) -> Callable[[web.Application], AsyncIte
 
 
 TRANSFER_TEXT = "One moment, I'm transferring your call."
+
+
+async def _warm_up(llm: OpenAiChat) -> None:
+    started = time.monotonic()
+    warm_stt_paths()
+    try:
+        async with asyncio.timeout(WARMUP_TIMEOUT_S):
+            await llm.warm_up()
+    except (ProviderError, TimeoutError) as exc:
+        log.warning("llm_warmup_failed", error=str(exc) or "timed out", effect="the first turn pays the connection")
+        return
+    log.info("providers_warmed", ms=round((time.monotonic() - started) * 1000, 1))
+
+
+async def _keep_warm(llm: OpenAiChat) -> None:
+    """Keep the pooled LLM connection from expiring between calls (KEEPALIVE_S) with a free request."""
+    while True:
+        await asyncio.sleep(KEEP_WARM_S)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S + LLM_READ_TIMEOUT_S):
+                await llm.keep_warm()
+        except (ProviderError, TimeoutError) as exc:
+            log.info("llm_keep_warm_failed", error=str(exc) or "timed out")

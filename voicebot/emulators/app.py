@@ -42,6 +42,7 @@ class Emulators:
         app.router.add_get("/v2/listen", self.stt.handle_v2)
         app.router.add_post("/v1/speak", self.tts.handle)
         app.router.add_post("/v1/chat/completions", self.llm.handle)
+        app.router.add_get("/v1/models", self.llm.models)
         app.router.add_post("/2010-04-01/Accounts/{account_sid}/Calls/{call_sid}.json", self.twilio.handle)
         app.on_shutdown.append(self._on_shutdown)
         return app

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from deepgram import AsyncDeepgramClient
+from deepgram.listen.v1.types import ListenV1Results
 from deepgram.listen.v2.types import ListenV2FatalError, ListenV2TurnInfo
 
 from voicebot.audio import SAMPLE_RATE, silence
@@ -32,6 +33,40 @@ _EVENTS: dict[str, TurnEventKind] = {
     "TurnResumed": "resumed",
     "EndOfTurn": "end",
 }
+
+
+def warm_stt_paths() -> None:
+    """Build the SDK's message models once at startup, not while parsing a caller's first result."""
+    ListenV1Results.model_validate(
+        {
+            "type": "Results",
+            "channel_index": [0, 1],
+            "duration": 1.0,
+            "start": 0.0,
+            "is_final": True,
+            "speech_final": True,
+            "channel": {"alternatives": [{"transcript": "ok", "confidence": 1.0, "words": []}]},
+            "metadata": {
+                "request_id": "warmup",
+                "model_info": {"name": "", "version": "", "arch": ""},
+                "model_uuid": "",
+            },
+        }
+    )
+    ListenV2TurnInfo.model_validate(
+        {
+            "type": "TurnInfo",
+            "request_id": "warmup",
+            "sequence_id": 0,
+            "event": "EndOfTurn",
+            "turn_index": 0,
+            "audio_window_start": 0.0,
+            "audio_window_end": 1.0,
+            "transcript": "ok",
+            "words": [{"word": "ok", "confidence": 1.0}],
+            "end_of_turn_confidence": 1.0,
+        }
+    )
 
 
 class FluxSttStream:
