@@ -70,8 +70,8 @@ class Settings(BaseModel):
     barge_in_min_speech_ms: int = Field(100, ge=20)
     barge_in_confirm_ms: int = Field(1200, ge=100)
     barge_in_grace_ms: int = Field(1500, ge=0)
-    preemptive_generation: bool = False
-    preemptive_silence_ms: int = Field(160, ge=40, le=2000)
+    preemptive_generation: bool = True
+    preemptive_silence_ms: int = Field(60, ge=20, le=2000)
     preemptive_max_attempts: int = Field(2, ge=1, le=5)
     backchannels: tuple[str, ...] = (
         "uh-huh", "uh huh", "mm-hmm", "mhm", "mm", "hmm", "yeah", "yep", "yes", "okay", "ok", "right", "sure",

@@ -110,7 +110,7 @@ class TurnConfig:
     backchannels: tuple[str, ...] = ("uh-huh", "mm-hmm", "yeah", "okay")
     flux: bool = False  # the recogniser reports turns (Deepgram Flux): no Finalize, turn events end the turn
     preemptive: bool = False  # speculate on an early Finalize's answer (the Nova mode; Flux speculates on eager)
-    preemptive_silence_ms: int = 160
+    preemptive_silence_ms: int = 60
     endpoint_silence_ms: int = 300
     max_speculations: int = 2
 
