@@ -56,6 +56,9 @@ async def test_adopted_speculation_is_one_request_sent_before_the_turn_was_confi
     assert len(world.emu.llm.requests) == 1
     assert not world.emu.select("llm", "abort")
     assert (metric(world, "started"), metric(world, "adopted"), metric(world, "discarded")) == (1, 1, 0)
+    exposition = world.server.state.metrics.render().decode()
+    assert 'voicebot_speculations_total{outcome="adopted"} 1.0' in exposition
+    assert "voicebot_speculation_gain_seconds_count 1.0" in exposition
     reply, later = reply_media(result, audio_of(world.server.settings.greeting))
     assert reply == b"".join(audio_of(s) for s in segments_of("We are open from nine to six."))
     assert later == []
