@@ -12,7 +12,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from deepgram import AsyncDeepgramClient
-from deepgram.listen.v1.types import ListenV1Results
+from deepgram.core.unchecked_base_model import construct_type
+from deepgram.listen.v1.socket_client import V1SocketClientResponse
+from deepgram.listen.v2.socket_client import V2SocketClientResponse
 from deepgram.listen.v2.types import ListenV2FatalError, ListenV2TurnInfo
 
 from voicebot.audio import SAMPLE_RATE, silence
@@ -36,37 +38,49 @@ _EVENTS: dict[str, TurnEventKind] = {
 
 
 def warm_stt_paths() -> None:
-    """Build the SDK's message models once at startup, not while parsing a caller's first result."""
-    ListenV1Results.model_validate(
-        {
-            "type": "Results",
-            "channel_index": [0, 1],
-            "duration": 1.0,
-            "start": 0.0,
-            "is_final": True,
-            "speech_final": True,
-            "channel": {"alternatives": [{"transcript": "ok", "confidence": 1.0, "words": []}]},
-            "metadata": {
-                "request_id": "warmup",
-                "model_info": {"name": "", "version": "", "arch": ""},
-                "model_uuid": "",
-            },
-        }
-    )
-    ListenV2TurnInfo.model_validate(
-        {
-            "type": "TurnInfo",
-            "request_id": "warmup",
-            "sequence_id": 0,
-            "event": "EndOfTurn",
-            "turn_index": 0,
-            "audio_window_start": 0.0,
-            "audio_window_end": 1.0,
-            "transcript": "ok",
-            "words": [{"word": "ok", "confidence": 1.0}],
-            "end_of_turn_confidence": 1.0,
-        }
-    )
+    """Build the SDK's message parsing once at startup, not while parsing a caller's first result: the first
+    ``construct_type`` over a socket's response union costs 10-20 ms (measured), later ones a fraction of a ms."""
+    results = {
+        "type": "Results",
+        "channel_index": [0, 1],
+        "duration": 1.0,
+        "start": 0.0,
+        "is_final": True,
+        "speech_final": True,
+        "from_finalize": False,
+        "channel": {
+            "alternatives": [
+                {
+                    "transcript": "ok",
+                    "confidence": 1.0,
+                    "words": [{"word": "ok", "start": 0, "end": 1, "confidence": 1.0, "punctuated_word": "Ok."}],
+                }
+            ]
+        },
+        "metadata": {"request_id": "warmup", "model_info": {"name": "", "version": "", "arch": ""}, "model_uuid": ""},
+    }
+    v1 = [
+        results,
+        {"type": "SpeechStarted", "channel": [0], "timestamp": 0.0},
+        {"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": 0.0},
+    ]
+    turn_info = {
+        "type": "TurnInfo",
+        "request_id": "warmup",
+        "sequence_id": 0,
+        "event": "EndOfTurn",
+        "turn_index": 0,
+        "audio_window_start": 0.0,
+        "audio_window_end": 1.0,
+        "transcript": "ok",
+        "words": [{"word": "ok", "confidence": 1.0}],
+        "end_of_turn_confidence": 1.0,
+    }
+    v1_union: Any = V1SocketClientResponse  # a typing Union, as the SDK passes it
+    v2_union: Any = V2SocketClientResponse
+    for message in v1:
+        construct_type(type_=v1_union, object_=message)
+    construct_type(type_=v2_union, object_=turn_info)
 
 
 class FluxSttStream:
