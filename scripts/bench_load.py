@@ -279,7 +279,7 @@ async def run_callers(args: argparse.Namespace) -> dict[str, Any]:
 
     async def one(index: int) -> None:
         nonlocal live
-        await asyncio.sleep(max(0.0, origin + index * args.spacing_s - loop.time()))
+        await asyncio.sleep(max(0.0, origin + args.offset_s + index * args.spacing_s - loop.time()))
         caller = SimulatedCaller(
             args.server, script_for(args.script), auth_token=args.auth_token, public_url=args.public_url
         )
@@ -296,7 +296,7 @@ async def run_callers(args: argparse.Namespace) -> dict[str, Any]:
         except CallerError as exc:
             errors.append(f"call {index}: {exc}")
 
-    limit = args.duration_s + args.calls * args.spacing_s + CALL_GRACE_S
+    limit = args.duration_s + args.offset_s + args.calls * args.spacing_s + CALL_GRACE_S
     async with asyncio.timeout(limit), asyncio.TaskGroup() as tg:
         probe = tg.create_task(lag.run())
         calls = [tg.create_task(one(i)) for i in range(args.calls)]
@@ -318,6 +318,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     c.add_argument("--auth-token")
     c.add_argument("--calls", type=int, default=1)
     c.add_argument("--spacing-s", type=float, default=0.05, help="between call starts")
+    c.add_argument("--offset-s", type=float, default=0.0, help="before the first call (callers in several processes)")
     c.add_argument("--duration-s", type=float, default=30.0, help="each call's length")
     c.add_argument("--script", choices=["talk", "short", "barge"], default="talk")
     c.add_argument("--out", required=True)

@@ -35,6 +35,7 @@ from voicebot.emulators import EmulatorConfig, running_emulators
 from voicebot.metrics import Metrics
 from voicebot.server import create_app
 from voicebot.twilio import wire
+from voicebot.twilio.outbound import ContextSeal
 from voicebot.twilio.security import StreamTokens
 
 SCREENSHOT_DIR = Path(os.environ.get("VOICEBOT_ARTIFACTS", "build/artifacts"))
@@ -225,7 +226,12 @@ async def serve(app: web.Application) -> AsyncIterator[str]:
 
 def strict_app(hub: CallEventHub) -> tuple[web.Application, StrictMediaServer]:
     settings = make_settings()
-    state = AppState(settings=settings, metrics=Metrics(), tokens=StreamTokens(b"browser-test-secret"))
+    state = AppState(
+        settings=settings,
+        metrics=Metrics(),
+        tokens=StreamTokens(b"browser-test-secret"),
+        seal=ContextSeal(b"browser-test-secret"),
+    )
     app = web.Application()
     app[STATE] = state
     add_dev_routes(app, hub)

@@ -388,7 +388,7 @@ async def test_a_stream_url_twilio_would_refuse_is_a_failure(make_server: MakeSe
         f'<Parameter name="token" value="{STREAM_TOKEN}"/></Stream></Connect></Response>'
     )
     result = await SimulatedCaller(server.url, [HangUp()]).run(timeout=CALL_TIMEOUT_S)
-    assert any("31910" in f for f in result.failures)
+    assert any("31922" in f for f in result.failures)
     assert any("31920" in f for f in result.failures)
 
 

@@ -17,6 +17,7 @@ from voicebot.call.state import STATE, AppState
 from voicebot.devpage.page import CSP, DEV_HEADER, DEV_HUB, CallEventHub, add_dev_routes, dev_page_enabled
 from voicebot.metrics import Metrics
 from voicebot.settings import Settings
+from voicebot.twilio.outbound import ContextSeal
 from voicebot.twilio.security import StreamTokens
 
 IO_TIMEOUT_S = 5.0
@@ -108,7 +109,12 @@ async def dev_server() -> AsyncIterator[Any]:
         async def factory(settings: Settings | None = None) -> DevServer:
             settings = settings or make_settings()
             app = web.Application()
-            app[STATE] = AppState(settings=settings, metrics=Metrics(), tokens=StreamTokens(b"test-secret"))
+            app[STATE] = AppState(
+                settings=settings,
+                metrics=Metrics(),
+                tokens=StreamTokens(b"test-secret"),
+                seal=ContextSeal(b"test-secret"),
+            )
             add_dev_routes(app, CallEventHub())
             server = TestServer(app, host="127.0.0.1", port=None)
             await server.start_server()

@@ -3,9 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Literal, get_args
+from collections.abc import Iterator, Sequence
+from typing import Literal, Protocol, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+class PoolStats(Protocol):
+    """What the metrics read of a provider client's pool (``voicebot.providers.pools.PoolUse`` is one)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def limit(self) -> int: ...
+    @property
+    def in_use(self) -> int: ...
+    @property
+    def waiting(self) -> int: ...
+    @property
+    def waited(self) -> int: ...
+
 
 RejectReason = Literal[
     "capacity", "draining", "not_configured", "bad_signature", "bad_token", "no_start", "bad_request"
@@ -21,6 +40,33 @@ def _task_count() -> float:
         return float(len(asyncio.all_tasks()))
     except RuntimeError:  # scraped outside the event loop
         return 0.0
+
+
+class _PoolCollector(Collector):
+    """The provider clients' pools (:mod:`voicebot.providers.pools`), read at scrape time."""
+
+    def __init__(self) -> None:
+        self.pools: Sequence[PoolStats] = ()
+
+    def collect(self) -> Iterator[Metric]:
+        limit = GaugeMetricFamily(
+            "voicebot_provider_pool_limit", "Connections a provider client may open", labels=["pool"]
+        )
+        in_use = GaugeMetricFamily(
+            "voicebot_provider_pool_in_use", "Provider requests holding a pooled connection", labels=["pool"]
+        )
+        waiting = GaugeMetricFamily(
+            "voicebot_provider_pool_waiting", "Provider requests waiting for a pooled connection", labels=["pool"]
+        )
+        waited = CounterMetricFamily(
+            "voicebot_provider_pool_waits", "Provider requests that waited for a pooled connection", labels=["pool"]
+        )
+        for pool in self.pools:
+            limit.add_metric([pool.name], pool.limit)
+            in_use.add_metric([pool.name], pool.in_use)
+            waiting.add_metric([pool.name], pool.waiting)
+            waited.add_metric([pool.name], pool.waited)
+        yield from (limit, in_use, waiting, waited)
 
 
 class Metrics:
@@ -70,6 +116,12 @@ class Metrics:
         self.protocol_errors = Counter(
             "voicebot_protocol_errors", "Malformed or unexpected Twilio messages", ["kind"], registry=self.registry
         )
+        self.twilio_status = Counter(
+            "voicebot_twilio_status_callbacks",
+            "Twilio call status callbacks, by CallStatus (forbidden: bad or missing signature)",
+            ["status"],
+            registry=self.registry,
+        )
         self.loop_lag = Histogram(
             "voicebot_event_loop_lag_seconds",
             "How late the event loop ran a timer due every LOOP_LAG_PERIOD_S (a busy loop delays every call)",
@@ -82,6 +134,12 @@ class Metrics:
         self.tasks.set_function(_task_count)
         for reason in get_args(RejectReason):
             self.calls_rejected.labels(reason)
+        self._pools = _PoolCollector()
+        self.registry.register(self._pools)
+
+    def watch_pools(self, pools: Sequence[PoolStats]) -> None:
+        """Export these provider pools' limit, use and waits from now on."""
+        self._pools.pools = pools
 
     def reject(self, reason: RejectReason) -> None:
         self.calls_rejected.labels(reason).inc()

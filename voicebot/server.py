@@ -15,12 +15,15 @@ from voicebot.access import bearer_matches, is_direct_local
 from voicebot.call.services import SERVICES, services_context
 from voicebot.call.session import CallSession
 from voicebot.call.state import STATE, AppState
+from voicebot.call.transcript import TranscriptWriter
 from voicebot.devpage.page import DEV_HUB, CallEventHub, add_dev_routes, dev_page_enabled
 from voicebot.logs import get_logger
 from voicebot.metrics import Metrics
 from voicebot.settings import Settings
-from voicebot.twilio import twiml
+from voicebot.twilio import outbound, twiml
 from voicebot.twilio.security import StreamTokens, validate_twilio_signature
+from voicebot.twilio.status import PATH as STATUS_PATH
+from voicebot.twilio.status import handle_status
 
 log = get_logger("voicebot.server")
 
@@ -62,6 +65,10 @@ async def voice(request: web.Request) -> web.Response:
     if not call_sid or len(call_sid) > MAX_CALL_SID_LENGTH:
         state.metrics.reject("bad_request")
         raise web.HTTPBadRequest(text="CallSid is required")
+    if outbound.is_machine(params.get("AnsweredBy")):
+        log.info("call_answered_by_machine", call_sid=call_sid, answered_by=params.get("AnsweredBy"))
+        return _twiml(twiml.say_and_hang_up(settings.machine_message))
+    context = _call_context(request, settings, call_sid)
     if state.draining:
         state.metrics.reject("draining")
         log.info("call_rejected", reason="draining", call_sid=call_sid)
@@ -75,7 +82,22 @@ async def voice(request: web.Request) -> web.Response:
         log.warning("call_rejected", reason="capacity", active=len(state.sessions), call_sid=call_sid)
         return _twiml(twiml.say_and_hang_up(BUSY_TEXT))
     log.info("call_answered", call_sid=call_sid)
-    return _twiml(twiml.connect_stream(settings.stream_url, {"token": state.tokens.mint(call_sid)}))
+    parameters = {"token": state.tokens.mint(call_sid), **state.seal.parameters(call_sid, context)}
+    return _twiml(twiml.connect_stream(settings.stream_url, parameters))
+
+
+def _call_context(request: web.Request, settings: Settings, call_sid: str) -> str | None:
+    """An outbound call's context from the webhook URL, trusted only when Twilio signed that URL."""
+    if outbound.CONTEXT_PARAM not in request.query:
+        return None
+    if settings.twilio_auth_token is None:
+        log.warning("call_context_ignored", reason="unsigned: set TWILIO_AUTH_TOKEN", call_sid=call_sid)
+        return None
+    try:
+        return outbound.context_from_query(request.query_string)
+    except outbound.ContextError as exc:
+        log.warning("call_context_ignored", reason=str(exc), call_sid=call_sid)
+        return None
 
 
 async def media(request: web.Request) -> web.StreamResponse:
@@ -124,6 +146,20 @@ async def media(request: web.Request) -> web.StreamResponse:
         if session.start is not None:
             state.publish(session.start.call_sid, {"type": "call_ended", "reason": session.end_reason or "crashed"})
     return ws
+
+
+def append_to_transcript(settings: Settings, call_sid: str, kind: str, fields: dict[str, str]) -> None:
+    """One line in the call's transcript file, whether or not the call is still live."""
+    transcript = TranscriptWriter(settings.transcript_dir, call_sid)
+    try:
+        transcript.write(kind, **fields)
+    finally:
+        transcript.close()
+
+
+async def twilio_status(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return await handle_status(request, state.settings, state.metrics, append_to_transcript)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -197,7 +233,10 @@ async def loop_lag_monitor(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     """Build the application."""
     app = web.Application(client_max_size=MAX_WEBHOOK_BYTES)
-    app[STATE] = AppState(settings=settings, metrics=Metrics(), tokens=StreamTokens(token_secret(settings)))
+    secret = token_secret(settings)
+    app[STATE] = AppState(
+        settings=settings, metrics=Metrics(), tokens=StreamTokens(secret), seal=outbound.ContextSeal(secret)
+    )
     state = app[STATE]
     hub = CallEventHub()
     app[DEV_HUB] = hub
@@ -207,9 +246,10 @@ def create_app(settings: Settings) -> web.Application:
         add_dev_routes(app, hub)
     app.router.add_post("/voice", voice)
     app.router.add_get("/media", media)
+    app.router.add_post(STATUS_PATH, twilio_status)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.on_shutdown.append(drain)
-    app.cleanup_ctx.append(services_context(settings))
+    app.cleanup_ctx.append(services_context(settings, app[STATE].metrics))
     app.cleanup_ctx.append(loop_lag_monitor)
     return app

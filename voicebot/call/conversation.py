@@ -45,7 +45,9 @@ from voicebot.providers.base import (
     SpeechStarted,
     SttEvent,
     SttStream,
+    TextToSpeech,
     Transcript,
+    TtsCall,
     TurnEvent,
     UtteranceEnd,
 )
@@ -76,6 +78,7 @@ STT_WATCHDOG_PERIOD_S = 0.5
 SHUTDOWN_GOODBYE_TIMEOUT_S = 10.0
 PLAYOUT_WATCHDOG_PERIOD_S = 0.5
 HANG_UP_TIMEOUT_S = 10.0
+CONTEXT_INTRO = "\n\nYou placed this call. What it is about: "
 INTERRUPTED_SUFFIX = " —"
 """Appended to an interrupted reply in the model's history: the caller stopped hearing it there."""
 
@@ -117,6 +120,7 @@ class Conversation:
         *,
         rest_hang_up: bool = True,
         transport: asyncio.BaseTransport | None = None,
+        context: str | None = None,
     ) -> None:
         self.settings = settings
         self.services = services
@@ -147,6 +151,10 @@ class Conversation:
         self.vad = FrameVad()
         self.history: list[Message] = []
         self.transcript = TranscriptWriter(settings.transcript_dir, start.call_sid)
+        self.system_prompt = services.system_prompt
+        if context is not None:  # an outbound call's context (voicebot.twilio.outbound), from a signed webhook
+            self.system_prompt += CONTEXT_INTRO + context
+            self.transcript.write("context", text=context)
         self.tools = [END_CALL_TOOL] + ([TRANSFER_TOOL] if settings.transfer_number else [])
         self._gen = 0
         self._turn: BotTurn | None = None
@@ -166,6 +174,7 @@ class Conversation:
         self._last_stt_send = time.monotonic()
         self._stt_silent_since: float | None = None  # first VAD speech frame not yet answered by any STT message
         self._tg: asyncio.TaskGroup | None = None
+        self._voice: TtsCall | None = None
         self._ending = False
         self.turns_completed = 0
         self.barge_ins = 0
@@ -175,7 +184,9 @@ class Conversation:
     async def run(self) -> None:
         """Greet, then listen and answer until the call ends (raises CallEnded when the bot hangs up)."""
         try:
-            async with asyncio.TaskGroup() as tg:
+            # The call's voice first: a socket transport starts connecting now, without delaying the greeting.
+            async with self.services.tts.open_call() as voice, asyncio.TaskGroup() as tg:
+                self._voice = voice
                 self._tg = tg
                 self._start_fixed(self.settings.greeting, interruptible=True, grace_ms=self.settings.barge_in_grace_ms)
                 tg.create_task(self._control(), name="control")
@@ -423,7 +434,7 @@ class Conversation:
     # --- speculation (preemptive generation) -------------------------------------------------------------------
 
     def _messages_for(self, text: str) -> list[Message]:
-        system: Message = {"role": "system", "content": self.services.system_prompt}
+        system: Message = {"role": "system", "content": self.system_prompt}
         return [system, *self.history, {"role": "user", "content": text}]
 
     def _speculate(self, text: str) -> None:
@@ -473,7 +484,7 @@ class Conversation:
             BotTurn(
                 self._next_gen(),
                 self.out,
-                tts=self.services.tts,
+                tts=self._turn_voice(),
                 llm=self._adopt(messages, timing) or self.services.llm,
                 messages=messages,
                 tools=self.tools,
@@ -486,6 +497,9 @@ class Conversation:
 
     # --- bot turns ---------------------------------------------------------------------------------------------
 
+    def _turn_voice(self) -> TextToSpeech:
+        return self._voice.for_turn() if self._voice is not None else self.services.tts
+
     def _next_gen(self) -> int:
         self._gen += 1
         self.out.current_gen = self._gen
@@ -496,7 +510,7 @@ class Conversation:
         turn = BotTurn(
             self._next_gen(),
             self.out,
-            tts=self.services.tts,
+            tts=self._turn_voice(),
             fixed=(text, self.services.phrases.cached(text)),
             on_first_media=self._on_first_media,
         )
@@ -576,7 +590,7 @@ class Conversation:
     async def _say(self, text: str) -> None:
         """Play a fixed phrase to the end (non-interruptible), inside the current task."""
         turn = BotTurn(
-            self._next_gen(), self.out, tts=self.services.tts, fixed=(text, self.services.phrases.cached(text))
+            self._next_gen(), self.out, tts=self._turn_voice(), fixed=(text, self.services.phrases.cached(text))
         )
         self._turn = turn
         self.machine.bot_started(time.monotonic(), interruptible=False)

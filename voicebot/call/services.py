@@ -1,7 +1,9 @@
 """Provider clients shared by every call of one process, created at startup and closed at shutdown.
 
 Shared clients keep their HTTP connections alive between turns (``KEEPALIVE_S``), so a turn does not pay a new
-TCP and TLS handshake; the fixed-phrase warm-up at startup opens the first TTS connection.
+TCP and TLS handshake; the fixed-phrase warm-up at startup opens the first TTS connection. Each client's pool is
+sized from the call limit (:func:`pool_limits`), so no request waits for a connection inside this process
+(:mod:`voicebot.providers.pools`); their use is exported in ``/metrics``.
 """
 
 from __future__ import annotations
@@ -9,24 +11,26 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import httpx
-import httpx2
 import openai
 from aiohttp import web
 from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
 
+from voicebot.call.bot_turn import MAX_TTS_IN_FLIGHT
 from voicebot.call.phrases import PhraseCache
 from voicebot.errors import ProviderError
 from voicebot.logs import get_logger
-from voicebot.providers.base import LanguageModel, SpeechToText, Telephony, TextToSpeech
+from voicebot.metrics import Metrics
+from voicebot.providers.base import LanguageModel, SpeechToText, Telephony, Voice
 from voicebot.providers.deepgram_flux import DeepgramFlux, warm_stt_paths
 from voicebot.providers.deepgram_stt import DeepgramStt
-from voicebot.providers.deepgram_tts import DeepgramTts
 from voicebot.providers.openai_llm import OpenAiChat
+from voicebot.providers.pools import PoolUse, aiohttp_session, httpx2_transport, httpx_transport
+from voicebot.providers.voices import open_voice
 from voicebot.settings import Settings
 from voicebot.twilio.rest import TwilioRest
 
@@ -42,6 +46,14 @@ TTS_READ_TIMEOUT_S = 10.0
 LLM_MAX_RETRIES = 1
 """One retry before the stream starts (429 honouring retry-after, 5xx, connection errors); the turn's own
 first-token deadline bounds the total wait."""
+TTS_REQUESTS_PER_CALL = MAX_TTS_IN_FLIGHT + 1
+"""A turn's segments in synthesis, plus one from the turn a barge-in just cut (cancelled, its response closing)."""
+LLM_REQUESTS_PER_CALL = 2
+"""The turn's stream, plus the one a barge-in just cut (closed without waiting, see ``bot_turn``)."""
+REST_REQUESTS_PER_CALL = 1
+"""Hang up or transfer: one Twilio REST request at a time per call."""
+POOL_SPARE = 8
+"""Beyond the calls: the fixed-phrase warm-up at startup, a phrase synthesised again after a failed warm-up."""
 DEFAULT_SYSTEM_PROMPT = "You are a friendly, concise phone assistant. Answer in one to three short sentences."
 
 
@@ -49,10 +61,12 @@ DEFAULT_SYSTEM_PROMPT = "You are a friendly, concise phone assistant. Answer in 
 class Services:
     stt: SpeechToText
     llm: LanguageModel
-    tts: TextToSpeech
+    tts: Voice
     telephony: Telephony | None
     phrases: PhraseCache
     system_prompt: str
+    pools: tuple[PoolUse, ...] = ()
+    """The provider clients' connection pools (exported in /metrics)."""
 
 
 def load_prompt(path: Path) -> str:
@@ -67,7 +81,16 @@ def load_prompt(path: Path) -> str:
 SERVICES = web.AppKey("services", Services)
 
 
-def services_context(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
+def pool_limits(max_calls: int) -> tuple[PoolUse, PoolUse, PoolUse]:
+    """The TTS, LLM and Twilio REST pools, each large enough for ``max_calls`` calls at their busiest."""
+    return (
+        PoolUse("deepgram_tts", max_calls * TTS_REQUESTS_PER_CALL + POOL_SPARE),
+        PoolUse("openai", max_calls * LLM_REQUESTS_PER_CALL + POOL_SPARE),
+        PoolUse("twilio_rest", max_calls * REST_REQUESTS_PER_CALL + POOL_SPARE),
+    )
+
+
+def services_context(settings: Settings, metrics: Metrics) -> Callable[[web.Application], AsyncIterator[None]]:
     """An aiohttp cleanup context that owns the clients for the application's lifetime."""
 
     async def context(app: web.Application) -> AsyncIterator[None]:
@@ -77,9 +100,11 @@ def services_context(settings: Settings) -> Callable[[web.Application], AsyncIte
             return
         assert settings.deepgram_api_key is not None
         assert settings.openai_api_key is not None
+        tts_pool, llm_pool, rest_pool = pool_limits(settings.max_calls)
+        metrics.watch_pools((tts_pool, llm_pool, rest_pool))
         dg_http = httpx.AsyncClient(
             timeout=httpx.Timeout(TTS_READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-            limits=httpx.Limits(max_keepalive_connections=50, keepalive_expiry=KEEPALIVE_S),
+            transport=httpx_transport(tts_pool, KEEPALIVE_S),
         )
         deepgram = AsyncDeepgramClient(
             api_key=settings.deepgram_api_key.get_secret_value(),
@@ -91,9 +116,7 @@ def services_context(settings: Settings) -> Callable[[web.Application], AsyncIte
             ),
             httpx_client=dg_http,
         )
-        oa_http = openai.DefaultAsyncHttpxClient(
-            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=KEEPALIVE_S)
-        )
+        oa_http = openai.DefaultAsyncHttpxClient(transport=httpx2_transport(llm_pool, KEEPALIVE_S))
         llm_client = openai.AsyncOpenAI(
             api_key=settings.openai_api_key.get_secret_value(),
             base_url=settings.openai_base_url,
@@ -101,7 +124,7 @@ def services_context(settings: Settings) -> Callable[[web.Application], AsyncIte
             max_retries=LLM_MAX_RETRIES,
             http_client=oa_http,
         )
-        http = aiohttp.ClientSession()
+        http = aiohttp_session(rest_pool)
         telephony: Telephony | None = None
         if settings.twilio_account_sid and settings.twilio_auth_token is not None:
             telephony = TwilioRest(
@@ -112,7 +135,8 @@ def services_context(settings: Settings) -> Callable[[web.Application], AsyncIte
             )
         else:
             log.warning("twilio_rest_not_configured", effect="calls end by closing the stream, not via the REST API")
-        tts = DeepgramTts(deepgram, model=settings.deepgram_tts_model)
+        stack = AsyncExitStack()
+        tts = await stack.enter_async_context(open_voice(settings, deepgram, tts_pool))
         phrases = PhraseCache(tts)
         stt: SpeechToText
         if settings.flux:
@@ -144,6 +168,7 @@ def services_context(settings: Settings) -> Callable[[web.Application], AsyncIte
             telephony=telephony,
             phrases=phrases,
             system_prompt=load_prompt(settings.prompt_file),
+            pools=(tts_pool, llm_pool, rest_pool),
         )
         # Before the server listens (so before /healthz answers): the first turn of the process must not pay the
         # LLM connection and the SDKs' lazy model building.
@@ -160,6 +185,7 @@ def services_context(settings: Settings) -> Callable[[web.Application], AsyncIte
             await llm_client.close()
             await dg_http.aclose()
             await http.close()
+            await stack.aclose()
 
     return context
 

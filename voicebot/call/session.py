@@ -15,6 +15,7 @@ from voicebot.call.state import AppState
 from voicebot.errors import CallEnded, first_leaf
 from voicebot.logs import get_logger
 from voicebot.twilio import wire
+from voicebot.twilio.outbound import ContextError
 from voicebot.twilio.security import TokenError
 
 log = get_logger("voicebot.call.session")
@@ -48,6 +49,8 @@ class CallSession:
         self.settings = state.settings
         self.finished = asyncio.Event()
         self.start: wire.Start | None = None
+        self.context: str | None = None
+        """An outbound call's context, from the signed webhook URL (voicebot.twilio.outbound)."""
         self.end_reason = ""
         self.protocol_errors = 0
         self.media_frames = 0
@@ -100,6 +103,7 @@ class CallSession:
                         self.state.publish,
                         rest_hang_up=not self.state.is_dev_call(self.start.call_sid),
                         transport=self.transport,
+                        context=self.context,
                     )
                     tg.create_task(self.conversation.run(), name="conversation")
                 tg.create_task(self._receive_loop())
@@ -143,6 +147,10 @@ class CallSession:
         try:
             self.state.tokens.redeem(event.custom_parameters.get("token"), event.call_sid)
         except TokenError as exc:
+            return await self._refuse("bad_token", str(exc), call_sid=event.call_sid)
+        try:
+            self.context = self.state.seal.open(event.call_sid, event.custom_parameters)
+        except ContextError as exc:
             return await self._refuse("bad_token", str(exc), call_sid=event.call_sid)
         return event
 

@@ -7,6 +7,7 @@ other: the server owns it, a session reads it, the dev page reads it through ``a
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -15,6 +16,7 @@ from aiohttp import web
 
 from voicebot.metrics import Metrics
 from voicebot.settings import Settings
+from voicebot.twilio.outbound import ContextSeal
 from voicebot.twilio.security import StreamTokens
 
 
@@ -34,6 +36,9 @@ class AppState:
     settings: Settings
     metrics: Metrics
     tokens: StreamTokens
+    seal: ContextSeal = field(default_factory=lambda: ContextSeal(secrets.token_bytes(32)))
+    """Seals an outbound call's context to its CallSid (voicebot.twilio.outbound); the server keys it like the
+    stream tokens, so that every worker process accepts the others' seals."""
     sessions: set[LiveCall] = field(default_factory=set)
     draining: bool = False
     listeners: list[Callable[[str, dict[str, Any]], None]] = field(default_factory=list)

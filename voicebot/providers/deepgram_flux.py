@@ -21,7 +21,7 @@ from voicebot.audio import SAMPLE_RATE, silence
 from voicebot.errors import ProviderError
 from voicebot.logs import get_logger
 from voicebot.providers.base import SttEvent, TurnEvent, TurnEventKind
-from voicebot.providers.deepgram_stt import PROVIDER, SDK_ERRORS, translate
+from voicebot.providers.deepgram_stt import PROVIDER, SDK_ERRORS, translate_socket_error
 
 log = get_logger("voicebot.stt")
 
@@ -95,7 +95,7 @@ class FluxSttStream:
         try:
             await self._conn.send_media(audio)
         except SDK_ERRORS as exc:
-            raise translate(exc) from exc
+            raise translate_socket_error(PROVIDER, exc) from exc
 
     async def keep_alive(self) -> None:
         """Silence, not a KeepAlive message: Flux closes the socket on a JSON KeepAlive."""
@@ -114,7 +114,7 @@ class FluxSttStream:
                 elif isinstance(msg, ListenV2FatalError):
                     log.warning("stt_error_message", code=str(msg.code)[:80], description=str(msg.description)[:200])
         except SDK_ERRORS as exc:
-            raise translate(exc) from exc
+            raise translate_socket_error(PROVIDER, exc) from exc
         raise ProviderError(PROVIDER, "stream ended", transient=True)
 
 
@@ -149,4 +149,4 @@ class DeepgramFlux:
             async with self._client.listen.v2.connect(**self._options) as conn:
                 yield FluxSttStream(conn)
         except SDK_ERRORS as exc:
-            raise translate(exc) from exc
+            raise translate_socket_error(PROVIDER, exc) from exc

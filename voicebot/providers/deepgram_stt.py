@@ -20,18 +20,23 @@ log = get_logger("voicebot.stt")
 PROVIDER = "deepgram_stt"
 
 
-def translate(exc: BaseException) -> ProviderError:
+def translate_socket_error(provider: str, exc: BaseException) -> ProviderError:
+    """A deepgram-sdk socket error (refused upgrade, close frame, network) as a :class:`ProviderError`."""
     if isinstance(exc, ApiError):
         status = exc.status_code or 0
         # The SDK drops the server's body and dg-error header on a refused upgrade: only the status is known.
         return ProviderError(
-            PROVIDER, f"connection refused with HTTP {status}", transient=status >= 500 or status == 429, status=status
+            provider, f"connection refused with HTTP {status}", transient=status >= 500 or status == 429, status=status
         )
     if isinstance(exc, websockets.exceptions.ConnectionClosed):
         code = exc.rcvd.code if exc.rcvd else None
         reason = exc.rcvd.reason if exc.rcvd else ""
-        return ProviderError(PROVIDER, f"connection closed ({code} {reason[:80]})", transient=True, status=code)
-    return ProviderError(PROVIDER, f"{type(exc).__name__}: {exc}", transient=True)
+        return ProviderError(provider, f"connection closed ({code} {reason[:80]})", transient=True, status=code)
+    return ProviderError(provider, f"{type(exc).__name__}: {exc}", transient=True)
+
+
+def _translate(exc: BaseException) -> ProviderError:
+    return translate_socket_error(PROVIDER, exc)
 
 
 SDK_ERRORS = (ApiError, websockets.exceptions.WebSocketException, OSError, TimeoutError)
@@ -49,19 +54,19 @@ class DeepgramSttStream:
         try:
             await self._conn.send_media(audio)
         except SDK_ERRORS as exc:
-            raise translate(exc) from exc
+            raise _translate(exc) from exc
 
     async def keep_alive(self) -> None:
         try:
             await self._conn.send_keep_alive()
         except SDK_ERRORS as exc:
-            raise translate(exc) from exc
+            raise _translate(exc) from exc
 
     async def finalize(self) -> None:
         try:
             await self._conn.send_finalize()
         except SDK_ERRORS as exc:
-            raise translate(exc) from exc
+            raise _translate(exc) from exc
 
     async def events(self) -> AsyncIterator[SttEvent]:
         try:
@@ -83,7 +88,7 @@ class DeepgramSttStream:
                 elif isinstance(msg, ListenV1Error):
                     log.warning("stt_error_message", description=str(getattr(msg, "description", ""))[:200])
         except SDK_ERRORS as exc:
-            raise translate(exc) from exc
+            raise _translate(exc) from exc
         # A normal close (1000) ends the iterator: the stream is over, which the session treats as a drop.
         raise ProviderError(PROVIDER, "stream ended", transient=True)
 
@@ -114,4 +119,4 @@ class DeepgramStt:
             async with self._client.listen.v1.connect(**self._options) as conn:
                 yield DeepgramSttStream(conn)
         except SDK_ERRORS as exc:
-            raise translate(exc) from exc
+            raise _translate(exc) from exc
