@@ -470,7 +470,7 @@ class Conversation:
         self.metrics.speculations.labels("adopted").inc()
         self.metrics.speculation_gain.observe(gain)
         log.info("speculation_adopted", gain_ms=round(gain * 1000, 1))
-        return AdoptedModel(spec)
+        return AdoptedModel(spec, self.services.llm)
 
     async def _reply(self, reply: Reply) -> None:
         if self._turn_task is not None:

@@ -85,17 +85,24 @@ class Speculation:
 
 
 class AdoptedModel:
-    """The :class:`LanguageModel` of an adopted speculation: one stream, the held one."""
+    """The :class:`LanguageModel` of an adopted speculation: its first stream is the held one; any later stream of
+    the same bot turn (a second round after a tool call) goes to ``llm`` as usual."""
 
-    def __init__(self, speculation: Speculation) -> None:
-        self._speculation = speculation
+    def __init__(self, speculation: Speculation, llm: LanguageModel) -> None:
+        self._speculation: Speculation | None = speculation
+        self._llm = llm
 
     @asynccontextmanager
     async def stream(
         self, messages: Sequence[Message], tools: Sequence[dict[str, Any]]
     ) -> AsyncIterator[AsyncIterator[LlmEvent]]:
+        speculation, self._speculation = self._speculation, None
+        if speculation is None:
+            async with self._llm.stream(messages, tools) as events:
+                yield events
+            return
         try:
-            yield self._speculation.replay()
+            yield speculation.replay()
         finally:
             # The turn is done with it, or cancelled (barge-in): close the HTTP stream if it still runs.
-            self._speculation.cancel()
+            speculation.cancel()
