@@ -18,7 +18,16 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_CONFIG = Path("config/voicebot.toml")
 _PROVIDER_PREFIXES = ("deepgram_", "openai_", "twilio_", "elevenlabs_", "cartesia_")
@@ -170,12 +179,13 @@ class Settings(BaseModel):
             object.__setattr__(self, "public_url", f"http://{host}:{self.port}")
         return self
 
-    @model_validator(mode="after")
-    def _eager_below_eot(self) -> Settings:
-        eager, eot = self.deepgram_eager_eot_threshold, self.deepgram_eot_threshold
-        if eager is not None and eager > (0.7 if eot is None else eot):
-            raise ValueError("DEEPGRAM_EAGER_EOT_THRESHOLD must not exceed DEEPGRAM_EOT_THRESHOLD (default 0.7)")
-        return self
+    @field_validator("deepgram_eager_eot_threshold")
+    @classmethod
+    def _eager_below_eot(cls, value: float | None, info: ValidationInfo) -> float | None:
+        eot = info.data.get("deepgram_eot_threshold")
+        if value is not None and value > (0.7 if eot is None else eot):
+            raise ValueError("must not exceed DEEPGRAM_EOT_THRESHOLD (Flux's default 0.7)")
+        return value
 
     # --- derived values ---
 
