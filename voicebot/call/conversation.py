@@ -8,6 +8,7 @@ its actions are applied one at a time by a single control task, so no two action
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from voicebot.call.bot_turn import BotTurn, TurnResult, TurnTiming
 from voicebot.call.playout import HeardText, PlayoutLedger, UnknownMark, parse_mark_name
 from voicebot.call.services import TRANSFER_TEXT, Services
 from voicebot.call.speculation import AdoptedModel, Speculation
+from voicebot.call.tool_rounds import INTERRUPTED_SUFFIX, Fillers, record_outcome, round_history
 from voicebot.call.transcript import TranscriptWriter
 from voicebot.call.turns import (
     Action,
@@ -38,7 +40,7 @@ from voicebot.call.turns import (
 )
 from voicebot.call.vad import FrameVad
 from voicebot.errors import CallEnded, ProviderError, first_leaf
-from voicebot.logs import get_logger
+from voicebot.logs import REDACTOR, get_logger
 from voicebot.metrics import Metrics
 from voicebot.providers.base import (
     Message,
@@ -53,6 +55,7 @@ from voicebot.providers.base import (
 )
 from voicebot.providers.deepgram_flux import FLUX_CHUNK_MS
 from voicebot.settings import Settings
+from voicebot.tools import CONTROL_TOOLS, ToolContext, ToolLimits, ToolRunner
 from voicebot.twilio import twiml, wire
 
 log = get_logger("voicebot.call.conversation")
@@ -79,31 +82,8 @@ SHUTDOWN_GOODBYE_TIMEOUT_S = 10.0
 PLAYOUT_WATCHDOG_PERIOD_S = 0.5
 HANG_UP_TIMEOUT_S = 10.0
 CONTEXT_INTRO = "\n\nYou placed this call. What it is about: "
-INTERRUPTED_SUFFIX = " —"
-"""Appended to an interrupted reply in the model's history: the caller stopped hearing it there."""
 
 EventSink = Callable[[str, dict[str, Any]], None]
-
-END_CALL_TOOL: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "end_call",
-        "description": "End the phone call, after the caller says goodbye or clearly wants to hang up.",
-        "parameters": {
-            "type": "object",
-            "properties": {"reason": {"type": "string", "description": "Why the call is ending."}},
-            "required": [],
-        },
-    },
-}
-TRANSFER_TOOL: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "transfer_call",
-        "description": "Transfer the caller to a human colleague when they ask for one or you cannot help.",
-        "parameters": {"type": "object", "properties": {}, "required": []},
-    },
-}
 
 
 class Conversation:
@@ -155,7 +135,11 @@ class Conversation:
         if context is not None:  # an outbound call's context (voicebot.twilio.outbound), from a signed webhook
             self.system_prompt += CONTEXT_INTRO + context
             self.transcript.write("context", text=context)
-        self.tools = [END_CALL_TOOL] + ([TRANSFER_TOOL] if settings.transfer_number else [])
+        self._tool_context = ToolContext(
+            start.call_sid, start.custom_parameters.get("from", ""), start.custom_parameters.get("to", "")
+        )
+        self._tools: ToolRunner | None = None  # made in run(): side-effecting calls live in the call's TaskGroup
+        self._fillers = Fillers.from_settings(settings, services.phrases.get)
         self._gen = 0
         self._turn: BotTurn | None = None
         self._turn_task: asyncio.Task[None] | None = None
@@ -188,6 +172,20 @@ class Conversation:
             async with self.services.tts.open_call() as voice, asyncio.TaskGroup() as tg:
                 self._voice = voice
                 self._tg = tg
+                self._tools = ToolRunner(
+                    self.services.tools,
+                    self._tool_context,
+                    ToolLimits(
+                        max_parallel=self.settings.tool_max_parallel,
+                        max_rounds=self.settings.tool_max_rounds,
+                        max_same_call=self.settings.tool_max_same_call,
+                        settle_s=self.settings.tool_settle_s,
+                    ),
+                    tg,
+                    functools.partial(
+                        record_outcome, metrics=self.metrics, transcript=self.transcript, tools=self.services.tools
+                    ),
+                )
                 self._start_fixed(self.settings.greeting, interruptible=True, grace_ms=self.settings.barge_in_grace_ms)
                 tg.create_task(self._control(), name="control")
                 tg.create_task(self._listen(), name="stt")
@@ -426,7 +424,7 @@ class Conversation:
         task.cancel()
         self._turn = self._turn_task = None
         heard = turn.heard_at_cut(played if played is not None else 0)
-        self._remember_reply(turn, heard, interrupted=True)
+        self._remember_reply(turn, heard, interrupted=True, ledger_played=played or 0)
         self.metrics.barge_ins.labels("cancelled").inc()
         self._publish({"type": "barge_in", "stage": "cancel"})
         log.info("turn_cancelled", reason=reason, gen=turn.gen, heard_chars=len(heard.text))
@@ -441,7 +439,10 @@ class Conversation:
         """Start the reply to ``text`` now, held: no TTS, no audio, no history, no tool until adopted."""
         assert self._tg is not None
         self._drop_speculation("replaced")
-        spec = Speculation(self.services.llm, self._messages_for(text), self.tools, text)
+        if self._tools is not None and not self._tools.settled():
+            return  # a side effect's result is still to land in the history: the reply waits for it (settle)
+        tools = self._tools.schemas() if self._tools is not None else []
+        spec = Speculation(self.services.llm, self._messages_for(text), tools, text)
         spec.task = self._tg.create_task(spec.run(), name="speculation")
         self._speculation = spec
         self.metrics.speculations.labels("started").inc()
@@ -487,10 +488,11 @@ class Conversation:
                 tts=self._turn_voice(),
                 llm=self._adopt(messages, timing) or self.services.llm,
                 messages=messages,
-                tools=self.tools,
                 fallback=apology,
                 timing=timing,
                 on_first_media=self._on_first_media,
+                runner=self._tools,
+                fillers=self._fillers,
             ),
             interruptible=True,
         )
@@ -535,8 +537,9 @@ class Conversation:
             self._turn = self._turn_task = None
         self._remember_reply(turn, result.heard, interrupted=False)
         self._log_turn(turn, result)
-        for call in result.tool_calls:
-            self.transcript.write("tool_call", name=call.name, arguments=call.arguments)
+        # Call controls act only from a reply that played to its end, after the reply's other tools finished.
+        for call in result.tool_calls if not result.heard.interrupted else ():
+            self.transcript.write("tool_call", name=call.name, arguments=REDACTOR.redact(call.arguments))
             if call.name == "end_call":
                 await self._end_call("bot_ended", say_goodbye=not result.heard.text)
                 return
@@ -545,11 +548,23 @@ class Conversation:
                 return
         self._post(self.machine.bot_finished(time.monotonic()))
 
-    def _remember_reply(self, turn: BotTurn, heard: HeardText, *, interrupted: bool) -> None:
+    def _remember_reply(
+        self, turn: BotTurn, heard: HeardText, *, interrupted: bool, ledger_played: int | None = None
+    ) -> None:
+        """Heard-only history: what the caller heard of each round, each round's tool calls with exactly one
+        tool message per id, then what was heard of the final text."""
         interrupted = interrupted or heard.interrupted
-        if heard.text:
-            content = heard.text + (INTERRUPTED_SUFFIX if interrupted else "")
-            self.history.append({"role": "assistant", "content": content})
+        by_round = turn.heard_by_round(ledger_played) if turn.rounds else [heard]
+        controls = frozenset(c for c in CONTROL_TOOLS if self._tools is not None and self._tools.is_control(c))
+        for tool_round, round_heard in zip(turn.rounds, by_round, strict=False):
+            self.history += round_history(
+                tool_round, round_heard, interrupted=interrupted, tools=self.services.tools, controls=controls
+            )
+        final = by_round[-1]
+        if final.text:
+            self.history.append(
+                {"role": "assistant", "content": final.text + (INTERRUPTED_SUFFIX if interrupted else "")}
+            )
         self.transcript.write("assistant", text=heard.text, interrupted=interrupted, gen=turn.gen)
         self._publish({"type": "assistant", "text": heard.text, "interrupted": interrupted})
 

@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -23,7 +23,7 @@ from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
 from voicebot.call.bot_turn import MAX_TTS_IN_FLIGHT
 from voicebot.call.phrases import PhraseCache
 from voicebot.errors import ProviderError
-from voicebot.logs import get_logger
+from voicebot.logs import REDACTOR, get_logger
 from voicebot.metrics import Metrics
 from voicebot.providers.base import LanguageModel, SpeechToText, Telephony, Voice
 from voicebot.providers.deepgram_flux import DeepgramFlux, warm_stt_paths
@@ -32,6 +32,7 @@ from voicebot.providers.openai_llm import OpenAiChat
 from voicebot.providers.pools import PoolUse, aiohttp_session, httpx2_transport, httpx_transport
 from voicebot.providers.voices import open_voice
 from voicebot.settings import Settings
+from voicebot.tools import ToolRegistry, load_tool_specs
 from voicebot.twilio.rest import TwilioRest
 
 log = get_logger("voicebot.call.services")
@@ -65,6 +66,7 @@ class Services:
     telephony: Telephony | None
     phrases: PhraseCache
     system_prompt: str
+    tools: ToolRegistry = field(default_factory=ToolRegistry)
     pools: tuple[PoolUse, ...] = ()
     """The provider clients' connection pools (exported in /metrics)."""
 
@@ -124,7 +126,10 @@ def services_context(settings: Settings, metrics: Metrics) -> Callable[[web.Appl
             max_retries=LLM_MAX_RETRIES,
             http_client=oa_http,
         )
+        specs = load_tool_specs(settings)  # checked at startup already (__main__); a bad file stops the app here
+        REDACTOR.update([*REDACTOR.secrets, *specs.secrets])
         http = aiohttp_session(rest_pool)
+        tools = ToolRegistry.build(specs, settings, http)
         telephony: Telephony | None = None
         if settings.twilio_account_sid and settings.twilio_auth_token is not None:
             telephony = TwilioRest(
@@ -168,12 +173,15 @@ def services_context(settings: Settings, metrics: Metrics) -> Callable[[web.Appl
             telephony=telephony,
             phrases=phrases,
             system_prompt=load_prompt(settings.prompt_file),
+            tools=tools,
             pools=(tts_pool, llm_pool, rest_pool),
         )
         # Before the server listens (so before /healthz answers): the first turn of the process must not pay the
         # LLM connection and the SDKs' lazy model building.
         await _warm_up(llm)
         fixed = [settings.greeting, settings.apology, settings.idle_prompt, settings.goodbye, TRANSFER_TEXT]
+        if len(tools):
+            fixed += [settings.tool_filler, settings.tool_still_working, *tools.phrases()]
         warmup = asyncio.create_task(phrases.warm(fixed), name="phrase-warmup")
         keep_warm = asyncio.create_task(_keep_warm(llm), name="llm-keep-warm")
         try:

@@ -30,7 +30,9 @@ class Speculation:
 
     def __init__(self, llm: LanguageModel, messages: list[Message], tools: Sequence[dict[str, Any]], text: str) -> None:
         self.text = text
-        self.messages = messages
+        # A snapshot: a tool message in the history is updated in place when its side effect lands, and the held
+        # request was made with what the history said then.
+        self.messages = [dict(message) for message in messages]
         self._llm = llm
         self._tools = tools
         self.started = time.monotonic()
