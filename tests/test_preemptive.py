@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from tests.test_conversation import WAIT_S, greeting_steps, llm_messages, reply_media
+from tests.tool_service import fixed, running_tool_service
 from tests.world import World, audio_of, segments_of
 from voicebot.caller import HangUp, Say, Silence, WaitForBotAudio, WaitForBotSilence
 from voicebot.emulators import LlmReply, ToolCall
@@ -19,6 +20,8 @@ MODES = {
     # Flux: EagerEndOfTurn at 0.3 (150 ms of silence after a whole sentence, 300 ms mid-sentence in the emulator).
     "flux": {"deepgram_stt_model": "flux-general-en", "deepgram_eager_eot_threshold": 0.3},
 }
+CONFIRMED_AFTER_S = 0.3
+"""Silence after the caller's speech before either mode confirms the end of the turn (at least)."""
 PAUSE_MS = 200
 """The caller's pause mid-sentence: past the eager point in both modes, short of the end of the turn."""
 SENTENCE = "I'd like to book a table | for Friday evening."
@@ -131,3 +134,53 @@ async def test_a_held_reply_runs_no_tool_unless_adopted(start_world: Any, mode: 
     reply, _ = reply_media(result, audio_of(world.server.settings.greeting))
     assert reply == b"".join(audio_of(s) for s in segments_of(ANSWER))
     assert "tool_call" not in [line["kind"] for line in transcript_lines(world, result.call_sid)]
+
+
+LOOKUP = """
+[[tool]]
+name = "opening_hours"
+description = "Opening hours for a day of the week."
+parameters = {{ type = "object", properties = {{ day = {{ type = "string" }} }}, required = ["day"] }}
+url = "{base}/hours"
+side_effects = false
+"""
+
+
+async def test_a_custom_tool_of_a_held_reply_runs_only_after_adoption(
+    start_world: Any, mode: str, tmp_path: Any
+) -> None:
+    async with running_tool_service() as service:
+        service.answers["/hours"] = fixed(text="9:00-18:00")
+        tools = tmp_path / "tools.toml"
+        tools.write_text(LOOKUP.format(base=service.base_url))
+        world: World = await start_world(tools_file=tools, **MODES[mode])
+        emu = world.emu
+        emu.stt.script.append("When do you open | on Friday?")
+        lookup = LlmReply(tool_calls=(ToolCall("opening_hours", {"day": "friday"}),))
+        # Held (half sentence, dropped), then held again and adopted (whole sentence), then the answer round.
+        emu.llm.script.extend([lookup, lookup, "We open at nine on Friday."])
+        result = await world.call(
+            [
+                *greeting_steps(),
+                Say("hours"),
+                Silence(PAUSE_MS),
+                Say("okay"),
+                WaitForBotAudio(WAIT_S),
+                WaitForBotSilence(WAIT_S, quiet_ms=500),
+                HangUp(),
+            ]
+        )
+        assert result.ok, result.format_timeline()
+        assert [r.data["messages"][-1].get("content") for r in emu.llm.requests][:2] == [
+            "When do you open",
+            "When do you open on Friday?",
+        ]
+        # One tool run, from the adopted reply, after the turn was confirmed; none from the dropped one.
+        [request] = service.requests
+        assert request.json()["arguments"] == {"day": "friday"}
+        # The held stream (zero-latency emulator) carried its tool call within a few ms of its start, about 0.2 s
+        # after the caller's speech end; the turn is confirmed only after 0.35 s (Flux) or 0.5 s (Nova) of silence.
+        speech_end = result.events_of("caller_speech_end")[-1].t
+        assert request.received - speech_end > CONFIRMED_AFTER_S, request.received - speech_end
+        [turn] = [line for line in transcript_lines(world, result.call_sid) if line["kind"] == "turn"]
+        assert turn["latency_ms"]["llm_request"] < turn["latency_ms"]["stt_final"], turn
