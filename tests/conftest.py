@@ -47,6 +47,8 @@ def make_settings(**overrides: Any) -> Settings:
         "deepgram_base_url": "http://127.0.0.1:9",
         "openai_base_url": "http://127.0.0.1:9/v1",
         "twilio_api_base_url": "http://127.0.0.1:9",
+        # Speculative replies pop the LLM emulator's script too: tests that script replies opt in (test_preemptive).
+        "preemptive_generation": False,
     }
     base.update(overrides)
     return Settings.model_validate({k: v for k, v in base.items() if v is not None})

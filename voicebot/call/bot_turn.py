@@ -251,7 +251,8 @@ class BotTurn:
         if self._runner is not None:
             await self._runner.settle()  # side effects of an interrupted reply land in the history first
         messages = list(self._messages)
-        self.timing.llm_request = time.monotonic()
+        if self.timing.llm_request is None:  # set already when the reply was prepared speculatively
+            self.timing.llm_request = time.monotonic()
         told_cap = False
         while True:
             text, calls, ok = await self._stream_round(messages, chunker)

@@ -21,17 +21,20 @@ from voicebot.call.audio_out import CallAudioOut
 from voicebot.call.bot_turn import BotTurn, TurnResult, TurnTiming
 from voicebot.call.playout import HeardText, PlayoutLedger, UnknownMark, parse_mark_name
 from voicebot.call.services import TRANSFER_TEXT, Services
+from voicebot.call.speculation import AdoptedModel, Speculation
 from voicebot.call.tool_rounds import INTERRUPTED_SUFFIX, Fillers, record_outcome, round_history
 from voicebot.call.transcript import TranscriptWriter
 from voicebot.call.turns import (
     Action,
     CancelTurn,
     Clear,
+    DropSpeculation,
     EndCall,
     Finalize,
     IdlePrompt,
     Reply,
     Resume,
+    Speculate,
     TurnConfig,
     TurnTaking,
 )
@@ -47,8 +50,10 @@ from voicebot.providers.base import (
     TextToSpeech,
     Transcript,
     TtsCall,
+    TurnEvent,
     UtteranceEnd,
 )
+from voicebot.providers.deepgram_flux import FLUX_CHUNK_MS
 from voicebot.settings import Settings
 from voicebot.tools import CONTROL_TOOLS, ToolContext, ToolLimits, ToolRunner
 from voicebot.twilio import twiml, wire
@@ -65,6 +70,8 @@ KEEPALIVE_INTERVAL_S = 4.0
 STT_SEND_BYTES = 3 * FRAME_BYTES
 """60 ms of audio per message to Deepgram: the SDK's per-message cost (a masked frame, a random mask from the OS)
 was a third of the server's CPU at 20 ms per message; this adds at most 40 ms before the recogniser hears audio."""
+FLUX_SEND_BYTES = FLUX_CHUNK_MS // 20 * FRAME_BYTES
+"""Flux wants 80 ms messages (PROVIDERS-2.md §2); silence is sent too: a Flux socket without audio dies."""
 STT_REPLAY_CHUNK_BYTES = 8000
 STT_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
 STT_MAX_FAILURES = 5
@@ -115,8 +122,15 @@ class Conversation:
                 idle_timeout_s=settings.idle_timeout_s,
                 idle_reprompts=settings.idle_reprompts,
                 backchannels=settings.backchannels,
+                flux=settings.flux,
+                preemptive=settings.preemptive_generation and not settings.flux,
+                preemptive_silence_ms=settings.preemptive_silence_ms,
+                endpoint_silence_ms=settings.deepgram_endpointing_ms,
+                max_speculations=settings.preemptive_max_attempts,
             )
         )
+        self._send_bytes = FLUX_SEND_BYTES if settings.flux else STT_SEND_BYTES
+        self._speculation: Speculation | None = None
         self.vad = FrameVad()
         self.history: list[Message] = []
         self.transcript = TranscriptWriter(settings.transcript_dir, start.call_sid)
@@ -248,7 +262,7 @@ class Conversation:
         audio += frame
         if len(audio) > STT_AUDIO_MAX_BYTES:
             del audio[: len(audio) - STT_AUDIO_MAX_BYTES]  # drop the oldest audio: the recogniser must stay live
-        if len(audio) >= STT_SEND_BYTES:
+        if len(audio) >= self._send_bytes:
             self._audio_ready.set()
         self._replay.append(frame)
 
@@ -356,6 +370,12 @@ class Conversation:
                 actions = self.machine.speech_started(now)
             case UtteranceEnd():
                 actions = self.machine.utterance_end(now)
+            case TurnEvent():
+                if event.event == "end":
+                    self._replay.clear()
+                if event.text and event.event in ("update", "end"):
+                    self._publish({"type": "user", "text": event.text, "final": event.event == "end"})
+                actions = self.machine.turn_event(event.event, event.text, now)
         if actions:
             self._post(actions)
 
@@ -375,6 +395,10 @@ class Conversation:
                 await self._cancel_turn(action.reason)
             case Reply():
                 await self._reply(action)
+            case Speculate():
+                self._speculate(action.text)
+            case DropSpeculation():
+                self._drop_speculation(action.reason)
             case Finalize():
                 if self._stt is not None:
                     try:
@@ -417,12 +441,56 @@ class Conversation:
         self._publish({"type": "barge_in", "stage": "cancel"})
         log.info("turn_cancelled", reason=reason, gen=turn.gen, heard_chars=len(heard.text))
 
+    # --- speculation (preemptive generation) -------------------------------------------------------------------
+
+    def _messages_for(self, text: str) -> list[Message]:
+        system: Message = {"role": "system", "content": self.system_prompt}
+        return [system, *self.history, {"role": "user", "content": text}]
+
+    def _speculate(self, text: str) -> None:
+        """Start the reply to ``text`` now, held: no TTS, no audio, no history, no tool until adopted."""
+        assert self._tg is not None
+        self._drop_speculation("replaced")
+        if self._tools is not None and not self._tools.settled():
+            return  # a side effect's result is still to land in the history: the reply waits for it (settle)
+        tools = self._tools.schemas() if self._tools is not None else []
+        spec = Speculation(self.services.llm, self._messages_for(text), tools, text)
+        spec.task = self._tg.create_task(spec.run(), name="speculation")
+        self._speculation = spec
+        self.metrics.speculations.labels("started").inc()
+        log.info("speculation_started", chars=len(text))
+
+    def _drop_speculation(self, reason: str) -> None:
+        spec, self._speculation = self._speculation, None
+        if spec is None:
+            return
+        spec.cancel()
+        self.metrics.speculations.labels("discarded").inc()
+        log.info("speculation_discarded", reason=reason, held_ms=round((time.monotonic() - spec.started) * 1000, 1))
+
+    def _adopt(self, messages: list[Message], timing: TurnTiming) -> AdoptedModel | None:
+        """The held reply if it answers exactly ``messages``; otherwise drop it (the words changed)."""
+        spec = self._speculation
+        if spec is None:
+            return None
+        if not spec.matches(messages):
+            self._drop_speculation("words_changed")
+            return None
+        self._speculation = None
+        gain = max(0.0, (timing.stt_final or spec.started) - spec.started)
+        timing.llm_request = spec.started
+        timing.first_token = spec.first_token
+        self.metrics.speculations.labels("adopted").inc()
+        self.metrics.speculation_gain.observe(gain)
+        log.info("speculation_adopted", gain_ms=round(gain * 1000, 1))
+        return AdoptedModel(spec, self.services.llm)
+
     async def _reply(self, reply: Reply) -> None:
         if self._turn_task is not None:
             await self._cancel_turn("new_reply")
-        self.history.append({"role": "user", "content": reply.text})
+        messages = self._messages_for(reply.text)
+        self.history.append(messages[-1])
         self.transcript.write("user", text=reply.text)
-        messages: list[Message] = [{"role": "system", "content": self.system_prompt}, *self.history]
         timing = TurnTiming(speech_end=reply.speech_end, stt_final=reply.final_at)
         apology = (self.settings.apology, self.services.phrases.cached(self.settings.apology))
         self._start_turn(
@@ -430,7 +498,7 @@ class Conversation:
                 self._next_gen(),
                 self.out,
                 tts=self._turn_voice(),
-                llm=self.services.llm,
+                llm=self._adopt(messages, timing) or self.services.llm,
                 messages=messages,
                 fallback=apology,
                 timing=timing,

@@ -170,6 +170,14 @@ class LlmService:
             return LlmReply(item) if isinstance(item, str) else item
         return default_reply(messages)
 
+    async def models(self, request: web.Request) -> web.Response:
+        """``GET /v1/models``: the configured model (the bot's keep-warm request)."""
+        if not accepts(credential(request, "Bearer"), self.key):
+            return _error(401, "Incorrect API key provided.", "invalid_api_key")
+        self._runtime.log.append("llm", "models")
+        model = {"id": self.config.model, "object": "model", "created": 0, "owned_by": "emulator"}
+        return json_response(200, {"object": "list", "data": [model]})
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/chat/completions``."""
         with self._runtime.handler():
@@ -193,6 +201,9 @@ class LlmService:
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             log.append("llm", "rejected", status=400, request_id=request_id)
             return _error(400, "'messages' is a required property", None)
+        # The bot's one-token startup warm-up (voicebot.providers.openai_llm) is not a turn: logged apart, and it
+        # leaves the script alone.
+        warmup = body.get("user") == "voicebot-warmup"
         invalid = invalid_sequence(body["messages"])
         if invalid is not None:
             message, param = invalid
@@ -201,7 +212,7 @@ class LlmService:
             return _error(400, message, None, param=param)
         log.append(
             "llm",
-            "request",
+            "warmup" if warmup else "request",
             request_id=request_id,
             model=body.get("model"),
             messages=body["messages"],
@@ -209,7 +220,7 @@ class LlmService:
             stream=bool(body.get("stream")),
             body=body,
         )
-        reply = self.next_reply(body["messages"])
+        reply = LlmReply("OK") if warmup else self.next_reply(body["messages"])
         model = body.get("model") or self.config.model
         completion = _Completion(request_id, model, reply, _prompt_tokens(body["messages"]))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))

@@ -143,6 +143,10 @@ class ToolRunner:
         entry = self._in_flight.get(call_id)
         return entry[1] if entry is not None else None
 
+    def settled(self) -> bool:
+        """No side effect in flight: the history holds every result (a speculative reply may start)."""
+        return not self._in_flight
+
     async def settle(self) -> None:
         """Wait (bounded) for side effects still in flight, so the next request carries their results."""
         tasks = [task for _, task in self._in_flight.values()]
