@@ -111,7 +111,7 @@ def voice(request: pytest.FixtureRequest) -> VoiceCase:
 @pytest.fixture
 async def start_world(
     emulators: Emulators, start_server: ServerFactory, tmp_path: Path, voice: VoiceCase
-) -> Callable[..., Awaitable[World]]:
+) -> AsyncIterator[Callable[..., Awaitable[World]]]:
     async def factory(**overrides: Any) -> World:
         settings: dict[str, Any] = {
             "deepgram_base_url": emulators.base_url,
@@ -130,7 +130,10 @@ async def start_world(
             await server.app[SERVICES].phrases.warmed.wait()
         return world
 
-    return factory
+    yield factory
+    # Every LLM request of every conversation test was a valid message sequence (the real API would refuse it).
+    invalid = emulators.select("llm", "invalid_messages")
+    assert invalid == [], [e.data for e in invalid]
 
 
 @pytest.fixture

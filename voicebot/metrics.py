@@ -102,6 +102,16 @@ class Metrics:
         self.protocol_errors = Counter(
             "voicebot_protocol_errors", "Malformed or unexpected Twilio messages", ["kind"], registry=self.registry
         )
+        self.tool_calls = Counter(
+            "voicebot_tool_calls", "Tool calls, by tool and outcome", ["tool", "outcome"], registry=self.registry
+        )
+        self.tool_seconds = Histogram(
+            "voicebot_tool_seconds",
+            "How long a tool call took (answer, failure or timeout), per tool",
+            ["tool"],
+            buckets=_TURN_BUCKETS,
+            registry=self.registry,
+        )
         self.twilio_status = Counter(
             "voicebot_twilio_status_callbacks",
             "Twilio call status callbacks, by CallStatus (forbidden: bad or missing signature)",

@@ -80,6 +80,18 @@ class Settings(BaseModel):
         "uh-huh", "uh huh", "mm-hmm", "mhm", "mm", "hmm", "yeah", "yep", "yes", "okay", "ok", "right", "sure",
         "got it", "i see", "alright", "all right",
     )  # fmt: skip
+    # tools
+    tools_file: Path | None = None
+    tools_module: str = ""
+    tools_secret: SecretStr | None = None
+    tool_filler: str = "One moment."
+    tool_still_working: str = "Still working on it, thanks for waiting."
+    tool_filler_after_ms: int = Field(700, ge=0)
+    tool_still_working_after_s: float = Field(5.0, gt=0)
+    tool_max_parallel: int = Field(4, ge=1, le=32)
+    tool_max_rounds: int = Field(3, ge=1, le=20)
+    tool_max_same_call: int = Field(2, ge=1)
+    tool_settle_s: float = Field(3.0, ge=0)
     # text-to-speech: which voice
     tts_provider: Literal["deepgram", "elevenlabs", "cartesia"] = "deepgram"
     # Deepgram
@@ -122,6 +134,11 @@ class Settings(BaseModel):
         if value and not E164.fullmatch(value):
             raise ValueError("must be a phone number in E.164 form, like +15551234567")
         return value
+
+    @field_validator("tools_file", mode="before")
+    @classmethod
+    def _no_tools_file(cls, value: Any) -> Any:
+        return None if value == "" else value  # VOICEBOT_TOOLS_FILE= (empty) means no custom tools
 
     @field_validator("deepgram_tts_encoding")
     @classmethod
@@ -235,6 +252,7 @@ class Settings(BaseModel):
             self.metrics_token,
             self.elevenlabs_api_key,
             self.cartesia_api_key,
+            self.tools_secret,
         ]
         return [s.get_secret_value() for s in secrets if s is not None and len(s.get_secret_value()) >= 4]
 
@@ -277,7 +295,7 @@ class Settings(BaseModel):
 
 _SECRET_FIELDS = frozenset(
     {"deepgram_api_key", "openai_api_key", "twilio_auth_token", "token_secret", "metrics_token"}
-    | {"elevenlabs_api_key", "cartesia_api_key"}
+    | {"elevenlabs_api_key", "cartesia_api_key", "tools_secret"}
 )
 
 

@@ -8,6 +8,7 @@ its actions are applied one at a time by a single control task, so no two action
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from voicebot.call.audio_out import CallAudioOut
 from voicebot.call.bot_turn import BotTurn, TurnResult, TurnTiming
 from voicebot.call.playout import HeardText, PlayoutLedger, UnknownMark, parse_mark_name
 from voicebot.call.services import TRANSFER_TEXT, Services
+from voicebot.call.tool_rounds import INTERRUPTED_SUFFIX, Fillers, record_outcome, round_history
 from voicebot.call.transcript import TranscriptWriter
 from voicebot.call.turns import (
     Action,
@@ -35,7 +37,7 @@ from voicebot.call.turns import (
 )
 from voicebot.call.vad import FrameVad
 from voicebot.errors import CallEnded, ProviderError, first_leaf
-from voicebot.logs import get_logger
+from voicebot.logs import REDACTOR, get_logger
 from voicebot.metrics import Metrics
 from voicebot.providers.base import (
     Message,
@@ -48,6 +50,7 @@ from voicebot.providers.base import (
     UtteranceEnd,
 )
 from voicebot.settings import Settings
+from voicebot.tools import CONTROL_TOOLS, ToolContext, ToolLimits, ToolRunner
 from voicebot.twilio import twiml, wire
 
 log = get_logger("voicebot.call.conversation")
@@ -72,31 +75,8 @@ SHUTDOWN_GOODBYE_TIMEOUT_S = 10.0
 PLAYOUT_WATCHDOG_PERIOD_S = 0.5
 HANG_UP_TIMEOUT_S = 10.0
 CONTEXT_INTRO = "\n\nYou placed this call. What it is about: "
-INTERRUPTED_SUFFIX = " —"
-"""Appended to an interrupted reply in the model's history: the caller stopped hearing it there."""
 
 EventSink = Callable[[str, dict[str, Any]], None]
-
-END_CALL_TOOL: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "end_call",
-        "description": "End the phone call, after the caller says goodbye or clearly wants to hang up.",
-        "parameters": {
-            "type": "object",
-            "properties": {"reason": {"type": "string", "description": "Why the call is ending."}},
-            "required": [],
-        },
-    },
-}
-TRANSFER_TOOL: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "transfer_call",
-        "description": "Transfer the caller to a human colleague when they ask for one or you cannot help.",
-        "parameters": {"type": "object", "properties": {}, "required": []},
-    },
-}
 
 
 class Conversation:
@@ -141,7 +121,11 @@ class Conversation:
         if context is not None:  # an outbound call's context (voicebot.twilio.outbound), from a signed webhook
             self.system_prompt += CONTEXT_INTRO + context
             self.transcript.write("context", text=context)
-        self.tools = [END_CALL_TOOL] + ([TRANSFER_TOOL] if settings.transfer_number else [])
+        self._tool_context = ToolContext(
+            start.call_sid, start.custom_parameters.get("from", ""), start.custom_parameters.get("to", "")
+        )
+        self._tools: ToolRunner | None = None  # made in run(): side-effecting calls live in the call's TaskGroup
+        self._fillers = Fillers.from_settings(settings, services.phrases.get)
         self._gen = 0
         self._turn: BotTurn | None = None
         self._turn_task: asyncio.Task[None] | None = None
@@ -174,6 +158,20 @@ class Conversation:
             async with self.services.tts.open_call() as voice, asyncio.TaskGroup() as tg:
                 self._voice = voice
                 self._tg = tg
+                self._tools = ToolRunner(
+                    self.services.tools,
+                    self._tool_context,
+                    ToolLimits(
+                        max_parallel=self.settings.tool_max_parallel,
+                        max_rounds=self.settings.tool_max_rounds,
+                        max_same_call=self.settings.tool_max_same_call,
+                        settle_s=self.settings.tool_settle_s,
+                    ),
+                    tg,
+                    functools.partial(
+                        record_outcome, metrics=self.metrics, transcript=self.transcript, tools=self.services.tools
+                    ),
+                )
                 self._start_fixed(self.settings.greeting, interruptible=True, grace_ms=self.settings.barge_in_grace_ms)
                 tg.create_task(self._control(), name="control")
                 tg.create_task(self._listen(), name="stt")
@@ -402,7 +400,7 @@ class Conversation:
         task.cancel()
         self._turn = self._turn_task = None
         heard = turn.heard_at_cut(played if played is not None else 0)
-        self._remember_reply(turn, heard, interrupted=True)
+        self._remember_reply(turn, heard, interrupted=True, ledger_played=played or 0)
         self.metrics.barge_ins.labels("cancelled").inc()
         self._publish({"type": "barge_in", "stage": "cancel"})
         log.info("turn_cancelled", reason=reason, gen=turn.gen, heard_chars=len(heard.text))
@@ -422,10 +420,11 @@ class Conversation:
                 tts=self._turn_voice(),
                 llm=self.services.llm,
                 messages=messages,
-                tools=self.tools,
                 fallback=apology,
                 timing=timing,
                 on_first_media=self._on_first_media,
+                runner=self._tools,
+                fillers=self._fillers,
             ),
             interruptible=True,
         )
@@ -470,8 +469,9 @@ class Conversation:
             self._turn = self._turn_task = None
         self._remember_reply(turn, result.heard, interrupted=False)
         self._log_turn(turn, result)
-        for call in result.tool_calls:
-            self.transcript.write("tool_call", name=call.name, arguments=call.arguments)
+        # Call controls act only from a reply that played to its end, after the reply's other tools finished.
+        for call in result.tool_calls if not result.heard.interrupted else ():
+            self.transcript.write("tool_call", name=call.name, arguments=REDACTOR.redact(call.arguments))
             if call.name == "end_call":
                 await self._end_call("bot_ended", say_goodbye=not result.heard.text)
                 return
@@ -480,11 +480,23 @@ class Conversation:
                 return
         self._post(self.machine.bot_finished(time.monotonic()))
 
-    def _remember_reply(self, turn: BotTurn, heard: HeardText, *, interrupted: bool) -> None:
+    def _remember_reply(
+        self, turn: BotTurn, heard: HeardText, *, interrupted: bool, ledger_played: int | None = None
+    ) -> None:
+        """Heard-only history: what the caller heard of each round, each round's tool calls with exactly one
+        tool message per id, then what was heard of the final text."""
         interrupted = interrupted or heard.interrupted
-        if heard.text:
-            content = heard.text + (INTERRUPTED_SUFFIX if interrupted else "")
-            self.history.append({"role": "assistant", "content": content})
+        by_round = turn.heard_by_round(ledger_played) if turn.rounds else [heard]
+        controls = frozenset(c for c in CONTROL_TOOLS if self._tools is not None and self._tools.is_control(c))
+        for tool_round, round_heard in zip(turn.rounds, by_round, strict=False):
+            self.history += round_history(
+                tool_round, round_heard, interrupted=interrupted, tools=self.services.tools, controls=controls
+            )
+        final = by_round[-1]
+        if final.text:
+            self.history.append(
+                {"role": "assistant", "content": final.text + (INTERRUPTED_SUFFIX if interrupted else "")}
+            )
         self.transcript.write("assistant", text=heard.text, interrupted=interrupted, gen=turn.gen)
         self._publish({"type": "assistant", "text": heard.text, "interrupted": interrupted})
 

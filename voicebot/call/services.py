@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -21,7 +21,7 @@ from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
 
 from voicebot.call.bot_turn import MAX_TTS_IN_FLIGHT
 from voicebot.call.phrases import PhraseCache
-from voicebot.logs import get_logger
+from voicebot.logs import REDACTOR, get_logger
 from voicebot.metrics import Metrics
 from voicebot.providers.base import LanguageModel, SpeechToText, Telephony, Voice
 from voicebot.providers.deepgram_stt import DeepgramStt
@@ -29,6 +29,7 @@ from voicebot.providers.openai_llm import OpenAiChat
 from voicebot.providers.pools import PoolUse, aiohttp_session, httpx2_transport, httpx_transport
 from voicebot.providers.voices import open_voice
 from voicebot.settings import Settings
+from voicebot.tools import ToolRegistry, load_tool_specs
 from voicebot.twilio.rest import TwilioRest
 
 log = get_logger("voicebot.call.services")
@@ -59,6 +60,7 @@ class Services:
     telephony: Telephony | None
     phrases: PhraseCache
     system_prompt: str
+    tools: ToolRegistry = field(default_factory=ToolRegistry)
     pools: tuple[PoolUse, ...] = ()
     """The provider clients' connection pools (exported in /metrics)."""
 
@@ -118,7 +120,10 @@ def services_context(settings: Settings, metrics: Metrics) -> Callable[[web.Appl
             max_retries=LLM_MAX_RETRIES,
             http_client=oa_http,
         )
+        specs = load_tool_specs(settings)  # checked at startup already (__main__); a bad file stops the app here
+        REDACTOR.update([*REDACTOR.secrets, *specs.secrets])
         http = aiohttp_session(rest_pool)
+        tools = ToolRegistry.build(specs, settings, http)
         telephony: Telephony | None = None
         if settings.twilio_account_sid and settings.twilio_auth_token is not None:
             telephony = TwilioRest(
@@ -150,9 +155,12 @@ def services_context(settings: Settings, metrics: Metrics) -> Callable[[web.Appl
             telephony=telephony,
             phrases=phrases,
             system_prompt=load_prompt(settings.prompt_file),
+            tools=tools,
             pools=(tts_pool, llm_pool, rest_pool),
         )
         fixed = [settings.greeting, settings.apology, settings.idle_prompt, settings.goodbye, TRANSFER_TEXT]
+        if len(tools):
+            fixed += [settings.tool_filler, settings.tool_still_working, *tools.phrases()]
         warmup = asyncio.create_task(phrases.warm(fixed), name="phrase-warmup")
         try:
             yield
