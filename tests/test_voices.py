@@ -4,6 +4,7 @@ Cartesia clients (aiohttp, no vendor SDK), the per-call voices' guarantees, and 
 from __future__ import annotations
 
 import asyncio
+import base64
 import inspect
 from collections.abc import AsyncIterator
 from typing import Any
@@ -207,6 +208,30 @@ async def test_elevenlabs_errors_are_translated(
             await collect(chunks)
     assert (info.value.status, info.value.transient) == (status, transient)
     assert key not in str(info.value)
+
+
+async def test_elevenlabs_multi_context_socket_closes_1008_on_a_sixth_context(
+    emu: Emulators, http: aiohttp.ClientSession
+) -> None:
+    url = emu.ws_url + f"/v1/text-to-speech/{VOICE_ID}/multi-stream-input"
+    query = {"model_id": "eleven_flash_v2_5", "output_format": "ulaw_8000"}
+    async with http.ws_connect(url, params=query, headers={"xi-api-key": ELEVENLABS_KEY}) as ws:
+        await ws.send_json({"text": " ", "context_id": "c0"})
+        await ws.send_json({"text": ONE, "context_id": "c0", "flush": True})
+        audio = bytearray()
+        while len(audio) < len(synthesize(ONE, "eleven_flash_v2_5")):
+            message = await ws.receive_json(timeout=EVENT_TIMEOUT_S)
+            assert message["contextId"] == "c0"
+            audio += base64.b64decode(message["audio"])
+        assert bytes(audio) == synthesize(ONE, "eleven_flash_v2_5")
+        await ws.send_json({"context_id": "c0", "close_context": True})
+        assert (await ws.receive_json(timeout=EVENT_TIMEOUT_S)) == {"isFinal": True, "contextId": "c0"}
+        for i in range(1, 6):  # five open contexts: the limit
+            await ws.send_json({"text": " ", "context_id": f"c{i}"})
+        await ws.send_json({"text": " ", "context_id": "c6"})
+        closing = await ws.receive(timeout=EVENT_TIMEOUT_S)
+    assert closing.type is aiohttp.WSMsgType.CLOSE
+    assert (closing.data, closing.extra) == (1008, "max_active_conversations")
 
 
 # --- Cartesia (aiohttp, WebSocket contexts) ----------------------------------------------------------------------
