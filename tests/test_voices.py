@@ -7,12 +7,14 @@ import asyncio
 import base64
 import inspect
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 import pytest
+import structlog.testing
 from deepgram.core.api_error import ApiError
-from deepgram.speak.v1.types import SpeakV1Text
+from deepgram.speak.v1.types import SpeakV1Text, SpeakV1Warning
 
 from tests.emulator_fixtures import DEEPGRAM_KEY, EVENT_TIMEOUT_S, SdkClients
 from tests.voices import CARTESIA_KEY, ELEVENLABS_KEY, VOICE_ID
@@ -21,7 +23,7 @@ from voicebot.emulators.deepgram_speak import FLUSH_LIMIT
 from voicebot.errors import ProviderError
 from voicebot.providers.cartesia_tts import CartesiaTts
 from voicebot.providers.deepgram_tts import DeepgramTts
-from voicebot.providers.deepgram_tts_ws import DeepgramSpeakVoice
+from voicebot.providers.deepgram_tts_ws import DeepgramSpeakCall, DeepgramSpeakVoice
 from voicebot.providers.elevenlabs_tts import ElevenLabsTts
 from voicebot.providers.pools import PoolUse, aiohttp_session
 from voicebot.settings import Settings, SettingsError, load_settings
@@ -172,6 +174,17 @@ async def test_aura_socket_barge_in_sends_clear_and_drops_what_follows(emu: Emul
         emu.tts.config.bytes_per_second = None
         async with call.for_turn().synthesize(TWO) as chunks:
             assert await collect(chunks) == synthesize(TWO, MODEL)
+
+
+def test_aura_socket_warnings_are_logged_under_either_field_naming(sdk: SdkClients) -> None:
+    speak_call = DeepgramSpeakCall(sdk.deepgram(), DeepgramTts(sdk.deepgram(), model=MODEL), model=MODEL)
+    new_style = SpeakV1Warning(type="Warning", description="more than 20 Flush messages", code="FLUSH_LIMIT_EXCEEDED")
+    old_style = SimpleNamespace(type="Warning", model_extra={"warn_code": "OLD_CODE", "warn_msg": "old message"})
+    with structlog.testing.capture_logs() as logs:
+        speak_call._on_message(new_style)
+        speak_call._on_message(old_style)
+    warnings = [(e["code"], e["description"]) for e in logs if e["event"] == "tts_socket_warning"]
+    assert warnings == [("FLUSH_LIMIT_EXCEEDED", "more than 20 Flush messages"), ("OLD_CODE", "old message")]
 
 
 # --- ElevenLabs (aiohttp, REST streaming) ------------------------------------------------------------------------
