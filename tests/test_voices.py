@@ -21,6 +21,7 @@ from tests.voices import CARTESIA_KEY, ELEVENLABS_KEY, VOICE_ID
 from voicebot.emulators import Emulators, synthesize
 from voicebot.emulators.deepgram_speak import FLUSH_LIMIT
 from voicebot.errors import ProviderError
+from voicebot.providers import deepgram_tts_ws
 from voicebot.providers.cartesia_tts import CartesiaTts
 from voicebot.providers.deepgram_tts import DeepgramTts
 from voicebot.providers.deepgram_tts_ws import DeepgramSpeakCall, DeepgramSpeakVoice
@@ -142,6 +143,20 @@ async def test_aura_socket_voice_one_socket_per_call_segments_in_order(emu: Emul
         async with call.for_turn().synthesize(TWO) as third:
             assert await collect(third) == synthesize(TWO, MODEL)
     assert emu.speak_socket.sockets_opened == 1
+
+
+async def test_aura_socket_is_replaced_when_idle_past_its_age_limit(
+    emu: Emulators, sdk: SdkClients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with aura_voice(sdk).open_call() as call:
+        async with call.for_turn().synthesize(ONE) as chunks:
+            assert await collect(chunks) == synthesize(ONE, MODEL)
+        monkeypatch.setattr(deepgram_tts_ws, "REPLACE_AFTER_S", 0.0)  # stands in for Deepgram's 60 minutes
+        async with call.for_turn().synthesize(TWO) as chunks:
+            assert await collect(chunks) == synthesize(TWO, MODEL)
+    assert emu.speak_socket.sockets_opened == 2
+    closed = await emu.wait_for_kind("tts", "socket_closed", EVENT_TIMEOUT_S)
+    assert closed.data["code"] == 1000, "the old socket was closed cleanly"
 
 
 async def test_aura_socket_failure_puts_the_rest_of_the_turn_on_rest(emu: Emulators, sdk: SdkClients) -> None:
