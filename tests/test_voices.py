@@ -295,10 +295,10 @@ async def test_cartesia_cancel_keeps_generating_and_the_client_drops_it(
                 if chunk:
                     break  # barge-in
         await emu.wait_for_kind("tts", "abort", EVENT_TIMEOUT_S)
+        emu.tts.config.bytes_per_second = None  # the pacing is read per chunk: the rest comes at once
         # Audio already generating keeps arriving (Cartesia's cancel does not stop it); none reaches a segment.
         await emu.wait_for_kind("tts", "complete", EVENT_TIMEOUT_S)
         assert call.dropped_bytes > 0
-        emu.tts.config.bytes_per_second = None
         async with call.for_turn().synthesize(TWO) as chunks:
             assert await collect(chunks) == synthesize(TWO, "sonic-2")
 
