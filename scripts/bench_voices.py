@@ -87,7 +87,7 @@ def row(name: str, one: Phase, many: Phase, transcripts: Path) -> dict[str, Any]
 
 
 def markdown(rows: list[dict[str, Any]], calls: int, started: float) -> str:
-    base = rows[0]
+    base = next((r for r in rows if r["voice"] == "deepgram_rest"), rows[0])
     lines = [
         f"### Voices side by side ({calls} calls, `scripts/bench_voices.py`, {time.strftime('%Y-%m-%d')})",
         "",
@@ -99,7 +99,7 @@ def markdown(rows: list[dict[str, Any]], calls: int, started: float) -> str:
     for r in rows:
         ratio = ""
         if r is not base and r["cpu_s_per_call_min_n"] and base["cpu_s_per_call_min_n"]:
-            ratio = f" ({r['cpu_s_per_call_min_n'] / base['cpu_s_per_call_min_n']:.2f}× REST)"
+            ratio = f" ({r['cpu_s_per_call_min_n'] / base['cpu_s_per_call_min_n']:.2f}× {base['voice']})"
         lines.append(
             f"| {r['voice']} | {fmt(r['tts_first_byte_ms_p50'])} / {fmt(r['tts_first_byte_ms_p90'])} | "
             f"{fmt(r['turn_ms_1_p50'])} | {fmt(r['turn_ms_n_p50'])} / {fmt(r['turn_ms_n_p90'])} | "

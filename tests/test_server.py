@@ -108,6 +108,24 @@ async def test_missing_keys_give_a_spoken_refusal_and_health_says_what(
         assert await resp.json() == {"status": "degraded", "active_calls": 0, "missing": ["OPENAI_API_KEY"]}
 
 
+@pytest.mark.parametrize(
+    ("voice", "missing"),
+    [
+        ({"tts_provider": "cartesia", "cartesia_api_key": "k"}, ["CARTESIA_VOICE_ID"]),
+        ({"tts_provider": "elevenlabs"}, ["ELEVENLABS_API_KEY", "ELEVENLABS_VOICE_ID"]),
+        ({"tts_provider": "deepgram", "elevenlabs_voice_id": ""}, []),
+    ],
+)
+async def test_health_lists_what_the_chosen_voice_is_missing(
+    start_server: ServerFactory, http: aiohttp.ClientSession, voice: dict[str, str], missing: list[str]
+) -> None:
+    server = await start_server(**voice)
+    async with http.get(server.url("/healthz")) as resp:
+        body = await resp.json()
+    assert body["missing"] == missing
+    assert body["status"] == ("degraded" if missing else "ok")
+
+
 async def test_capacity_limit_gives_a_polite_refusal(start_server: ServerFactory, http: aiohttp.ClientSession) -> None:
     server = await start_server(max_calls=1)
     sock = await answered_call(http, server)

@@ -4,23 +4,27 @@ Cartesia clients (aiohttp, no vendor SDK), the per-call voices' guarantees, and 
 from __future__ import annotations
 
 import asyncio
+import base64
 import inspect
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 import pytest
+import structlog.testing
 from deepgram.core.api_error import ApiError
-from deepgram.speak.v1.types import SpeakV1Text
+from deepgram.speak.v1.types import SpeakV1Text, SpeakV1Warning
 
 from tests.emulator_fixtures import DEEPGRAM_KEY, EVENT_TIMEOUT_S, SdkClients
 from tests.voices import CARTESIA_KEY, ELEVENLABS_KEY, VOICE_ID
 from voicebot.emulators import Emulators, synthesize
 from voicebot.emulators.deepgram_speak import FLUSH_LIMIT
 from voicebot.errors import ProviderError
+from voicebot.providers import deepgram_tts_ws
 from voicebot.providers.cartesia_tts import CartesiaTts
 from voicebot.providers.deepgram_tts import DeepgramTts
-from voicebot.providers.deepgram_tts_ws import DeepgramSpeakVoice
+from voicebot.providers.deepgram_tts_ws import DeepgramSpeakCall, DeepgramSpeakVoice
 from voicebot.providers.elevenlabs_tts import ElevenLabsTts
 from voicebot.providers.pools import PoolUse, aiohttp_session
 from voicebot.settings import Settings, SettingsError, load_settings
@@ -141,6 +145,20 @@ async def test_aura_socket_voice_one_socket_per_call_segments_in_order(emu: Emul
     assert emu.speak_socket.sockets_opened == 1
 
 
+async def test_aura_socket_is_replaced_when_idle_past_its_age_limit(
+    emu: Emulators, sdk: SdkClients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with aura_voice(sdk).open_call() as call:
+        async with call.for_turn().synthesize(ONE) as chunks:
+            assert await collect(chunks) == synthesize(ONE, MODEL)
+        monkeypatch.setattr(deepgram_tts_ws, "REPLACE_AFTER_S", 0.0)  # stands in for Deepgram's 60 minutes
+        async with call.for_turn().synthesize(TWO) as chunks:
+            assert await collect(chunks) == synthesize(TWO, MODEL)
+    assert emu.speak_socket.sockets_opened == 2
+    closed = await emu.wait_for_kind("tts", "socket_closed", EVENT_TIMEOUT_S)
+    assert closed.data["code"] == 1000, "the old socket was closed cleanly"
+
+
 async def test_aura_socket_failure_puts_the_rest_of_the_turn_on_rest(emu: Emulators, sdk: SdkClients) -> None:
     async with aura_voice(sdk).open_call() as call:
         turn = call.for_turn()
@@ -171,6 +189,17 @@ async def test_aura_socket_barge_in_sends_clear_and_drops_what_follows(emu: Emul
         emu.tts.config.bytes_per_second = None
         async with call.for_turn().synthesize(TWO) as chunks:
             assert await collect(chunks) == synthesize(TWO, MODEL)
+
+
+def test_aura_socket_warnings_are_logged_under_either_field_naming(sdk: SdkClients) -> None:
+    speak_call = DeepgramSpeakCall(sdk.deepgram(), DeepgramTts(sdk.deepgram(), model=MODEL), model=MODEL)
+    new_style = SpeakV1Warning(type="Warning", description="more than 20 Flush messages", code="FLUSH_LIMIT_EXCEEDED")
+    old_style = SimpleNamespace(type="Warning", model_extra={"warn_code": "OLD_CODE", "warn_msg": "old message"})
+    with structlog.testing.capture_logs() as logs:
+        speak_call._on_message(new_style)
+        speak_call._on_message(old_style)
+    warnings = [(e["code"], e["description"]) for e in logs if e["event"] == "tts_socket_warning"]
+    assert warnings == [("FLUSH_LIMIT_EXCEEDED", "more than 20 Flush messages"), ("OLD_CODE", "old message")]
 
 
 # --- ElevenLabs (aiohttp, REST streaming) ------------------------------------------------------------------------
@@ -209,6 +238,30 @@ async def test_elevenlabs_errors_are_translated(
     assert key not in str(info.value)
 
 
+async def test_elevenlabs_multi_context_socket_closes_1008_on_a_sixth_context(
+    emu: Emulators, http: aiohttp.ClientSession
+) -> None:
+    url = emu.ws_url + f"/v1/text-to-speech/{VOICE_ID}/multi-stream-input"
+    query = {"model_id": "eleven_flash_v2_5", "output_format": "ulaw_8000"}
+    async with http.ws_connect(url, params=query, headers={"xi-api-key": ELEVENLABS_KEY}) as ws:
+        await ws.send_json({"text": " ", "context_id": "c0"})
+        await ws.send_json({"text": ONE, "context_id": "c0", "flush": True})
+        audio = bytearray()
+        while len(audio) < len(synthesize(ONE, "eleven_flash_v2_5")):
+            message = await ws.receive_json(timeout=EVENT_TIMEOUT_S)
+            assert message["contextId"] == "c0"
+            audio += base64.b64decode(message["audio"])
+        assert bytes(audio) == synthesize(ONE, "eleven_flash_v2_5")
+        await ws.send_json({"context_id": "c0", "close_context": True})
+        assert (await ws.receive_json(timeout=EVENT_TIMEOUT_S)) == {"isFinal": True, "contextId": "c0"}
+        for i in range(1, 6):  # five open contexts: the limit
+            await ws.send_json({"text": " ", "context_id": f"c{i}"})
+        await ws.send_json({"text": " ", "context_id": "c6"})
+        closing = await ws.receive(timeout=EVENT_TIMEOUT_S)
+    assert closing.type is aiohttp.WSMsgType.CLOSE
+    assert (closing.data, closing.extra) == (1008, "max_active_conversations")
+
+
 # --- Cartesia (aiohttp, WebSocket contexts) ----------------------------------------------------------------------
 
 
@@ -242,12 +295,13 @@ async def test_cartesia_cancel_keeps_generating_and_the_client_drops_it(
                 if chunk:
                     break  # barge-in
         await emu.wait_for_kind("tts", "abort", EVENT_TIMEOUT_S)
+        emu.tts.config.bytes_per_second = None  # the pacing is read per chunk: the rest comes at once
         # Audio already generating keeps arriving (Cartesia's cancel does not stop it); none reaches a segment.
         await emu.wait_for_kind("tts", "complete", EVENT_TIMEOUT_S)
-        assert call.dropped_bytes > 0
-        emu.tts.config.bytes_per_second = None
         async with call.for_turn().synthesize(TWO) as chunks:
             assert await collect(chunks) == synthesize(TWO, "sonic-2")
+        # The socket is ordered: with the next sentence's audio in, every late chunk of the cancelled one was seen.
+        assert call.dropped_bytes > 0
 
 
 async def test_cartesia_refused_socket_and_context_errors(emu: Emulators, http: aiohttp.ClientSession) -> None:

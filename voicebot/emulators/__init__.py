@@ -1,9 +1,10 @@
-"""Offline emulators of the providers the bot talks to: Deepgram live STT and Aura TTS, OpenAI chat, Twilio REST.
+"""Offline emulators of the providers the bot talks to: Deepgram live STT and Aura TTS (REST and socket), ElevenLabs
+(REST streaming and the multi-context socket), Cartesia's TTS socket, OpenAI chat, Twilio REST.
 
-They speak the real wire protocols (see PROVIDERS.md), so the real SDKs can be pointed at them, and they expose
-knobs for latency and injected faults plus a timestamped event log for tests and benchmarks. The Twilio REST
-emulator also keeps an account's numbers and places the calls it is asked to create, answering them with the
-simulated caller (``voicebot.caller``) as a person or an answering machine.
+They speak the real wire protocols (see PROVIDERS.md and PROVIDERS-2.md), so the real SDKs can be pointed at them,
+and they expose knobs for latency and injected faults plus a timestamped event log for tests and benchmarks. The
+Twilio REST emulator also keeps an account's numbers and places the calls it is asked to create, answering them with
+the simulated caller (``voicebot.caller``) as a person or an answering machine.
 """
 
 from __future__ import annotations

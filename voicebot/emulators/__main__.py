@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--openai-key", help="accepted OpenAI key (default: any)")
     p.add_argument("--twilio-account-sid", help="accepted Twilio account SID (default: any)")
     p.add_argument("--twilio-auth-token", help="accepted Twilio auth token (default: any)")
+    p.add_argument("--elevenlabs-key", help="accepted ElevenLabs key (default: any)")
+    p.add_argument("--cartesia-key", help="accepted Cartesia key (default: any)")
     p.add_argument("--stt-result-delay-ms", type=float)
     p.add_argument("--stt-idle-timeout-s", type=float)
     p.add_argument("--stt-rms-threshold", type=float)
@@ -55,6 +57,8 @@ def build_config(args: argparse.Namespace) -> EmulatorConfig:
     config.openai_key = args.openai_key
     config.twilio_account_sid = args.twilio_account_sid
     config.twilio_auth_token = args.twilio_auth_token
+    config.elevenlabs_key = args.elevenlabs_key
+    config.cartesia_key = args.cartesia_key
     overrides: list[tuple[Any, str, Any]] = [
         (config.stt, "result_delay_ms", args.stt_result_delay_ms),
         (config.stt, "idle_timeout_s", args.stt_idle_timeout_s),

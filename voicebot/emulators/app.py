@@ -14,7 +14,7 @@ from .config import EmulatorConfig
 from .deepgram_speak import SpeakSocketService
 from .deepgram_stt import SttService
 from .deepgram_tts import TtsService
-from .elevenlabs import ElevenLabsService
+from .elevenlabs import ElevenLabsService, ElevenLabsSocketService
 from .log import Event, EventLog, Predicate, Service
 from .openai_chat import LlmService
 from .twilio_rest import TwilioService
@@ -36,6 +36,7 @@ class Emulators:
         # The other voices share the Deepgram TTS knobs, faults and events: ``tts`` means "the voice", whichever.
         self.speak_socket = SpeakSocketService(self.tts, self._runtime)
         self.elevenlabs = ElevenLabsService(self.tts, self._runtime, cfg.elevenlabs_key)
+        self.elevenlabs_socket = ElevenLabsSocketService(self.tts, self._runtime, cfg.elevenlabs_key)
         self.cartesia = CartesiaService(self.tts, self._runtime, cfg.cartesia_key)
         self.llm = LlmService(cfg.llm, self._runtime, cfg.openai_key)
         self.twilio = TwilioService(cfg.twilio, self._runtime, cfg.twilio_account_sid, cfg.twilio_auth_token)
@@ -50,6 +51,7 @@ class Emulators:
         app.router.add_post("/v1/speak", self.tts.handle)
         app.router.add_get("/v1/speak", self.speak_socket.handle)
         app.router.add_post("/v1/text-to-speech/{voice_id}/stream", self.elevenlabs.handle)
+        app.router.add_get("/v1/text-to-speech/{voice_id}/multi-stream-input", self.elevenlabs_socket.handle)
         app.router.add_get("/tts/websocket", self.cartesia.handle)
         app.router.add_post("/v1/chat/completions", self.llm.handle)
         app.router.add_get("/v1/models", self.llm.models)

@@ -72,7 +72,7 @@ class CartesiaService:
         try:
             await session.run()
         finally:
-            await session.stop()
+            session.stop()
             log.append("tts", "socket_closed", provider="cartesia", code=ws.close_code)
         return ws
 
@@ -101,11 +101,11 @@ class _Session:
                 continue
             await self._on_request(message)
 
-    async def stop(self) -> None:
-        tasks = [c.task for c in self.contexts.values() if c.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    def stop(self) -> None:
+        """Synchronous: aiohttp cancels the handler when the peer goes away, so nothing here may await."""
+        for context in self.contexts.values():
+            if context.task is not None:
+                context.task.cancel()
 
     async def _on_request(self, message: dict[str, Any]) -> None:
         context_id = message.get("context_id")

@@ -78,7 +78,7 @@ class SpeakSocketService:
         try:
             await session.run()
         finally:
-            await session.stop()
+            session.stop()
             log.append("tts", "socket_closed", request_id=request_id, code=ws.close_code)
         return ws
 
@@ -122,11 +122,11 @@ class _Session:
             else:
                 await self._warning("UNKNOWN_MESSAGE", f"unknown message type {kind!r}")
 
-    async def stop(self) -> None:
+    def stop(self) -> None:
+        """Synchronous: aiohttp cancels the handler when the peer goes away, so nothing here may await."""
         unfinished = self.current + self.pending
         if self.worker is not None:
-            self.worker.cancel()
-            await asyncio.gather(self.worker, return_exceptions=True)
+            self.worker.cancel()  # it ends at its next await; its results are nobody's
         self._abort(unfinished)
 
     async def _speak(self, text: object) -> None:

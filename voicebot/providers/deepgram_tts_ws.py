@@ -8,13 +8,12 @@ whose audio a frame is. Rules (PROVIDERS-2.md §1):
   together under the next Flush (coalescing): the socket serialises synthesis anyway, and this keeps a call well
   under Deepgram's 20 Flushes per 60 s. If the window is full even so, the segment goes over REST: text is never
   dropped and the caller never waits a minute. A coalesced group's audio belongs to its first segment; the others
-  end with no audio (the bot turn joins their text to the previous segment).
+  end with no audio (the bot turn joins their text to the previous segment), or fail if the first is abandoned.
 - Barge-in abandons every open segment: Clear is sent and every byte (and Flushed) before ``Cleared`` is dropped;
   nothing new is sent until ``Cleared`` (fencing).
 - A socket failure fails its open segments (the bot turn retries them once, as any TTS failure) and the retry and
   the rest of that bot turn go over REST; so does a segment that timed out on the socket. The next turn opens a new
-  socket. The socket is replaced, when idle, before
-  Deepgram's 60-minute connection limit.
+  socket. An idle socket is replaced before Deepgram's 60-minute connection limit.
 """
 
 from __future__ import annotations
