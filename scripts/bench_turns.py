@@ -38,6 +38,8 @@ import orjson
 from voicebot.caller import CallResult, HangUp, Say, Silence, SimulatedCaller, WaitForBotAudio, WaitForBotSilence
 from voicebot.caller.script import Step
 from voicebot.emulators import EmulatorConfig, Emulators, running_emulators
+from voicebot.emulators.log import Event
+from voicebot.emulators.openai_chat import tokenize
 
 PUBLIC_URL = "https://voicebot.bench"
 AUTH_TOKEN = "bench-auth-token"
@@ -54,6 +56,10 @@ MODES: dict[str, dict[str, str]] = {
     "preemptive (Nova, early Finalize after 60 ms)": {
         "VOICEBOT_PREEMPTIVE_GENERATION": "true",
         "VOICEBOT_PREEMPTIVE_SILENCE_MS": "60",
+    },
+    "preemptive (Nova, early Finalize after 40 ms)": {
+        "VOICEBOT_PREEMPTIVE_GENERATION": "true",
+        "VOICEBOT_PREEMPTIVE_SILENCE_MS": "40",
     },
     "preemptive (Nova, early Finalize after 120 ms)": {
         "VOICEBOT_PREEMPTIVE_GENERATION": "true",
@@ -89,6 +95,8 @@ class Outcome:
     llm_requests: int = 0
     half_answers: int = 0
     stt_final_to_llm_ms: list[float] = field(default_factory=list)
+    segment_to_tts_ms: list[float] = field(default_factory=list)
+    load_average: float = 0.0
 
 
 def free_port() -> int:
@@ -164,14 +172,22 @@ def stt_finals(emu: Emulators, since: int) -> list[float]:
     return out
 
 
-async def run_one(emu: Emulators, mode: str, scenario: Scenario, turns: int, work: Path) -> Outcome:
+async def run_one(
+    emu: Emulators, mode: str, scenario: Scenario, turns: int, work: Path, code: Path | None = None
+) -> Outcome:
+    """One call of ``turns`` turns against a fresh bot process; ``code``: run the voicebot package found in that
+    directory instead of this checkout (the ``--baseline`` comparison)."""
     port = free_port()
     transcripts = work / f"t{port}"
     emu.stt.script[:] = [scenario.transcript] * (turns + 2)
     emu.llm.script[:] = [REPLY] * (4 * turns + 4)
+    env = server_env(emu, port, transcripts, MODES[mode])
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
     proc = subprocess.Popen(  # noqa: ASYNC220 (started once per configuration, outside any measurement)
         [sys.executable, "-m", "voicebot"],
-        env=server_env(emu, port, transcripts, MODES[mode]),
+        env=env,
+        cwd=code,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
@@ -194,7 +210,8 @@ async def run_one(emu: Emulators, mode: str, scenario: Scenario, turns: int, wor
     if not result.ok:
         print(result.format_timeline(), file=sys.stderr)
         raise RuntimeError(f"{mode} / {scenario.name}: the call failed")
-    outcome = Outcome(mode, scenario.name, turn_latencies(result), turns=turns)
+    label = mode if code is None else f"{mode} [baseline]"
+    outcome = Outcome(label, scenario.name, turn_latencies(result), turns=turns)
     requests = emu.select("llm", "request", since=since)
     outcome.llm_requests = len(requests)
     whole = " ".join(scenario.transcript.replace("|", " ").split())
@@ -208,7 +225,27 @@ async def run_one(emu: Emulators, mode: str, scenario: Scenario, turns: int, wor
         finals = stt_finals(emu, since)
         for final, request in zip(finals, requests, strict=False):
             outcome.stt_final_to_llm_ms.append((request.t - final) * 1000)
+        outcome.segment_to_tts_ms = segment_hops(emu, requests, since)
+    outcome.load_average = os.getloadavg()[0]
     return outcome
+
+
+def segment_hops(emu: Emulators, requests: list[Event], since: int) -> list[float]:
+    """Per LLM request: the TTS request of its first segment minus when the emulator wrote the token that completed
+    that segment (the reply's tokens are known: the emulator streams REPLY)."""
+    tokens = tokenize(REPLY)
+    complete = {e.data["request_id"]: e.data["sent_at"] for e in emu.select("llm", "complete", since=since)}
+    tts = emu.select("tts", "request", since=since)
+    out = []
+    for request in requests:
+        sent_at = complete.get(request.data["request_id"])
+        after = [e for e in tts if e.t > request.t]
+        if not sent_at or not after:
+            continue
+        text = after[0].data["text"].strip()
+        index = next(i for i in range(len(tokens)) if len("".join(tokens[: i + 1]).strip()) >= len(text))
+        out.append((after[0].t - sent_at[index]) * 1000)
+    return out
 
 
 def pct(values: Sequence[float], q: float) -> float:
@@ -222,7 +259,11 @@ def table(outcomes: list[Outcome]) -> str:
         "| LLM requests per turn | half-sentence answers |",
         "|---|---|---|---|---|---|",
     ]
-    baseline = {o.scenario: statistics.median(o.latencies_ms) for o in outcomes if o.mode.startswith("today")}
+    baseline = {
+        o.scenario: statistics.median(o.latencies_ms)
+        for o in outcomes
+        if o.mode.startswith("today") and not o.mode.endswith("[baseline]")
+    }
     for o in outcomes:
         lat = o.latencies_ms
         p50 = statistics.median(lat)
@@ -231,33 +272,109 @@ def table(outcomes: list[Outcome]) -> str:
             f"| {o.mode} | {o.scenario} | {p50:.0f} / {pct(lat, 0.9):.0f} / {max(lat):.0f} (n={len(lat)}) "
             f"| {delta:+.0f} | {o.llm_requests / o.turns:.2f} | {o.half_answers} |"
         )
-    hops = [v for o in outcomes for v in o.stt_final_to_llm_ms]
-    if hops:
-        rows.append("")
-        rows.append(
-            f"Outside, STT end of turn sent → LLM request received (non-speculative configurations, first turn "
-            f"included): p50 {statistics.median(hops):.1f} / p99 {pct(hops, 0.99):.1f} / max {max(hops):.1f} ms "
-            f"(n={len(hops)})"
-        )
     return "\n".join(rows)
 
 
-async def main_async(turns: int, json_path: Path | None, only: str) -> int:
-    outcomes = []
+def hop_summary(outcomes: list[Outcome]) -> str:
+    """Both outside hops over the non-speculative configurations' turns, this code and the baseline apart."""
+    rows: list[str] = []
+    for code in ("", " [baseline]"):
+        group = [o for o in outcomes if o.mode.endswith("[baseline]") == bool(code)]
+        rows += hop_lines(group, code)
+    loads = [o.load_average for o in outcomes]
+    rows.append("")
+    rows.append(f"Load average (1 min) after each call: {min(loads):.2f}-{max(loads):.2f}")
+    return "\n".join(rows)
+
+
+def hop_lines(outcomes: list[Outcome], code: str) -> list[str]:
+    rows = []
+    for label, attr in (
+        ("STT end of turn sent → LLM request received", "stt_final_to_llm_ms"),
+        ("LLM token completing the first segment sent → TTS request received", "segment_to_tts_ms"),
+    ):
+        hops = [v for o in outcomes for v in getattr(o, attr)]
+        if not hops:
+            continue
+        firsts = [getattr(o, attr)[0] for o in outcomes if getattr(o, attr)]
+        later = [v for o in outcomes for v in getattr(o, attr)[1:]]
+        rows.append("")
+        rows.append(
+            f"Outside{code}, {label} (non-speculative configurations, {len(firsts)} processes): all turns p50 "
+            f"{statistics.median(hops):.1f} / p99 {pct(hops, 0.99):.1f} / max {max(hops):.1f} ms (n={len(hops)}); "
+            f"first turn of each process p50 {statistics.median(firsts):.1f} / max {max(firsts):.1f} ms; "
+            f"later turns p50 {statistics.median(later) if later else 0:.1f} / max {max(later) if later else 0:.1f} ms"
+        )
+    return rows
+
+
+async def main_async(
+    turns: int, json_path: Path | None, only: str, repeat: int, scenarios: str, baseline: Path | None
+) -> int:
+    outcomes: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="voicebot-bench-turns-") as tmp:
         async with running_emulators(EmulatorConfig()) as emu:
-            for mode in MODES:
-                if only and only not in mode and not mode.startswith("today"):
-                    continue
-                for scenario in SCENARIOS:
-                    outcome = await run_one(emu, mode, scenario, turns, Path(tmp))
-                    print(f"{mode} / {scenario.name}: p50 {statistics.median(outcome.latencies_ms):.0f} ms", flush=True)
-                    outcomes.append(outcome)
+            for _ in range(repeat):
+                for mode in MODES:
+                    if only and only not in mode and not mode.startswith("today"):
+                        continue
+                    for scenario in SCENARIOS:
+                        if scenarios and scenarios not in scenario.name:
+                            continue
+                        for code in (None, baseline) if baseline is not None else (None,):
+                            outcome = await run_one(emu, mode, scenario, turns, Path(tmp), code)
+                            report(outcome)
+                            outcomes.append(outcome)
     print()
-    print(table(outcomes))
+    print(table(merge(outcomes)))
+    print(hop_summary(outcomes))
+    if repeat > 1 or baseline is not None:
+        print()
+        print(hop_table(outcomes))
+
     if json_path is not None:
         write_json(json_path, outcomes)
     return 0
+
+
+def report(outcome: Outcome) -> None:
+    print(
+        f"{outcome.mode} / {outcome.scenario}: p50 {statistics.median(outcome.latencies_ms):.0f} ms, "
+        f"requests {outcome.llm_requests}/{outcome.turns}, hops {[round(v, 1) for v in outcome.stt_final_to_llm_ms]} "
+        f"{[round(v, 1) for v in outcome.segment_to_tts_ms]}, load {outcome.load_average:.2f}",
+        flush=True,
+    )
+
+
+def merge(outcomes: list[Outcome]) -> list[Outcome]:
+    """One outcome per configuration and caller, the repeats' turns pooled (each repeat's first turn kept apart)."""
+    merged: dict[tuple[str, str], Outcome] = {}
+    for o in outcomes:
+        m = merged.setdefault((o.mode, o.scenario), Outcome(o.mode, o.scenario))
+        m.latencies_ms += o.latencies_ms
+        m.turns += o.turns
+        m.llm_requests += o.llm_requests
+        m.half_answers += o.half_answers
+        m.load_average = max(m.load_average, o.load_average)
+    return list(merged.values())
+
+
+def hop_table(outcomes: list[Outcome]) -> str:
+    """Per repeat (one fresh bot process per configuration and caller): each hop's p50 and p99 and its first turn."""
+    rows = [
+        "| configuration | caller | STT end → LLM request: first turn / p50 / p99 ms "
+        "| segment token → TTS request: first turn / p50 / p99 ms | load average |",
+        "|---|---|---|---|---|",
+    ]
+    for o in outcomes:
+        cells = []
+        for values in (o.stt_final_to_llm_ms, o.segment_to_tts_ms):
+            if values:
+                cells.append(f"{values[0]:.1f} / {statistics.median(values):.1f} / {pct(values, 0.99):.1f}")
+            else:
+                cells.append("")
+        rows.append(f"| {o.mode} | {o.scenario} | {cells[0]} | {cells[1]} | {o.load_average:.2f} |")
+    return "\n".join(rows)
 
 
 def write_json(path: Path, outcomes: list[Outcome]) -> None:
@@ -270,8 +387,18 @@ def main() -> int:
     parser.add_argument("--turns", type=int, default=8, help="turns per call (default 8)")
     parser.add_argument("--json", type=Path, default=Path("build/bench/turns.json"))
     parser.add_argument("--only", default="", help="run today's configuration and those whose name contains this")
+    parser.add_argument("--repeat", type=int, default=1, help="run the configurations this many times, interleaved")
+    parser.add_argument("--scenario", default="", help="only the callers whose name contains this")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="a directory holding another voicebot package (e.g. `git archive main voicebot | tar -x -C DIR`): "
+        "each configuration also runs with that code, interleaved, labelled [baseline]",
+    )
     args = parser.parse_args()
-    return asyncio.run(main_async(args.turns, args.json, args.only))
+    baseline = args.baseline.resolve() if args.baseline is not None else None
+    return asyncio.run(main_async(args.turns, args.json, args.only, args.repeat, args.scenario, baseline))
 
 
 if __name__ == "__main__":

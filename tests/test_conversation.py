@@ -65,6 +65,10 @@ def start_listening_world(start_world: Any, listening: str) -> Any:
     return factory
 
 
+TAIL_STALL_S = 3.0
+"""How long the LLM emulator holds a response's tail after its finish_reason (longer than the reply's audio)."""
+
+
 def greeting_steps() -> list[Step]:
     return [WaitForBotAudio(WAIT_S), WaitForBotSilence(WAIT_S, quiet_ms=400)]
 
@@ -98,6 +102,29 @@ async def test_greeting_is_the_first_audio_and_comes_from_the_cache(start_world:
     assert start_sent is not None
     assert result.media[0].t >= start_sent.t
     assert result.media[0].t - start_sent.t < GREETING_FIRST_AUDIO_BOUND_S
+
+
+async def test_last_segment_goes_to_tts_at_the_finish_reason_not_at_the_end_of_the_response(
+    start_world: Any,
+) -> None:
+    """The reply's text is complete at the chunk with the ``finish_reason``: its last segment is synthesised and
+    heard while the response's tail (usage, ``[DONE]``, the end of the body) is still on its way."""
+    world: World = await start_world()
+    world.emu.stt.script.append("When are you open?")
+    world.emu.llm.script.append("We are open from nine to six.")
+    world.emu.llm.faults.tail_stall_s = TAIL_STALL_S
+    result = await world.call(
+        [*greeting_steps(), Say("hours"), WaitForBotAudio(WAIT_S), WaitForBotSilence(WAIT_S, quiet_ms=400), HangUp()]
+    )
+    assert result.ok, result.format_timeline()
+    reply, _ = reply_media(result, audio_of(world.server.settings.greeting))
+    assert reply == b"".join(audio_of(s) for s in segments_of("We are open from nine to six."))
+    [request] = world.emu.llm.requests
+    [tts] = [e for e in world.emu.select("tts", "request") if e.t > request.t]
+    rid = request.data["request_id"]
+    ended = [e for e in world.emu.select("llm") if e.kind in ("complete", "abort") and e.data["request_id"] == rid]
+    # Synthesis started before the response ended (or the caller hung up, the tail still held).
+    assert not ended or tts.t < ended[0].t - TAIL_STALL_S / 2, (tts, ended)
 
 
 @all_voices_and_flux

@@ -25,7 +25,7 @@ from voicebot.call.playout import HeardText, Segment, heard_text, mark_name
 from voicebot.call.tool_rounds import Fillers, ToolRound, fill_silence
 from voicebot.errors import ProviderError
 from voicebot.logs import get_logger
-from voicebot.providers.base import LanguageModel, Message, TextDelta, TextToSpeech, ToolCall
+from voicebot.providers.base import LanguageModel, Message, TextDelta, TextDone, TextToSpeech, ToolCall
 from voicebot.tools import ToolOutcome, ToolRunner
 
 log = get_logger("voicebot.turn")
@@ -299,6 +299,10 @@ class BotTurn:
                                 self.timing.first_token = time.monotonic()
                             text.append(event.text)
                             for piece in chunker.feed(event.text):
+                                await self._add_segment(piece)
+                        elif isinstance(event, TextDone):
+                            # The text is complete: the last segment goes to TTS now, before the response's tail.
+                            for piece in chunker.flush():
                                 await self._add_segment(piece)
                         else:
                             calls.append(event)

@@ -64,9 +64,12 @@ class TtsFaults(Faults):
 
 @dataclass
 class LlmFaults(Faults):
-    """OpenAI chat faults; ``drop_after_tokens`` aborts the TCP connection after that many streamed tokens."""
+    """OpenAI chat faults; ``drop_after_tokens`` aborts the TCP connection after that many streamed tokens;
+    ``tail_stall_s`` holds the end of a stream (the usage chunk, ``[DONE]``, the end of the body) for that long after
+    the chunk with the ``finish_reason``, as a slow provider or network can."""
 
     drop_after_tokens: int | None = None
+    tail_stall_s: float = 0.0
 
 
 async def wait_stall(seconds: float) -> None:

@@ -263,13 +263,18 @@ class LlmService:
                         await asyncio.sleep(delay)
             await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
             if is_token:
+                completion.sent_at.append(time.monotonic())
                 if completion.sent == 0:
                     log.append("llm", "first_token", request_id=completion.request_id)
                 completion.sent += 1
+            elif chunk["choices"] and chunk["choices"][0]["finish_reason"] is not None:
+                await wait_stall(self.faults.tail_stall_s)
         await response.write(b"data: [DONE]\n\n")
         # End the chunked body: the SDK reads to EOF after [DONE] (PROVIDERS.md §3.4).
         await response.write_eof()
-        log.append("llm", "complete", request_id=completion.request_id, tokens=completion.sent)
+        log.append(
+            "llm", "complete", request_id=completion.request_id, tokens=completion.sent, sent_at=completion.sent_at
+        )
 
 
 class _Completion:
@@ -288,6 +293,9 @@ class _Completion:
         self.token_count = len(self.text_tokens) + sum(1 + len(f) for f in self.fragments)
         self.sent = 0
         """Tokens written so far (for the abort event)."""
+        self.sent_at: list[float] = []
+        """When each token was written (``time.monotonic()``, the event log's clock): the benchmarks' outside hop
+        from the token that completes a segment to the TTS request."""
 
     def usage(self) -> Json:
         total = self.prompt_tokens + self.token_count

@@ -86,7 +86,15 @@ class ToolCall:
     kind: Literal["tool_call"] = "tool_call"
 
 
-LlmEvent = TextDelta | ToolCall
+@dataclass(frozen=True, slots=True)
+class TextDone:
+    """The reply's text is complete (the provider's ``finish_reason``): what the chunker still holds can go to TTS
+    now, not after the rest of the response (usage, ``[DONE]``, the end of the HTTP body) has been read."""
+
+    kind: Literal["text_done"] = "text_done"
+
+
+LlmEvent = TextDelta | TextDone | ToolCall
 Message = dict[str, Any]
 
 

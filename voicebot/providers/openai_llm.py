@@ -21,7 +21,7 @@ import orjson
 from openai.types.chat import ChatCompletionChunk
 
 from voicebot.errors import ProviderError
-from voicebot.providers.base import LlmEvent, Message, TextDelta, ToolCall
+from voicebot.providers.base import LlmEvent, Message, TextDelta, TextDone, ToolCall
 
 PROVIDER = "openai"
 WARMUP_USER = "voicebot-warmup"
@@ -157,12 +157,15 @@ class OpenAiChat:
             async for chunk in stream:
                 if not chunk.choices:
                     continue  # the usage-only chunk at the end
-                delta = chunk.choices[0].delta
+                choice = chunk.choices[0]
+                delta = choice.delta
                 if delta.content:
                     yield TextDelta(delta.content)
                 if delta.tool_calls:
                     for call in delta.tool_calls:
                         tools.add(call)
+                if choice.finish_reason is not None:
+                    yield TextDone()
         except openai.OpenAIError as exc:
             raise _translate(exc) from exc
         for call in tools.complete():
