@@ -2,12 +2,18 @@
 preemptive generation, Deepgram Flux, and Flux with eager end-of-turn; with the LLM requests each needs per turn.
 
     .venv/bin/python scripts/bench_turns.py [--turns 8] [--json build/bench/turns.json]
+        [--only NAME] [--scenario NAME] [--repeat N] [--baseline DIR]
 
 One process runs the emulated providers (with the latency model below) and the simulated caller; the bot runs as
 its own process (``python -m voicebot``), one configuration after the other. Each configuration gets two calls of
 ``--turns`` turns: a caller who says a whole sentence, and one who pauses mid-sentence (a 280 ms gap, shorter than
 the 300 ms endpointing: "I'd like to book a table … for Friday."), which is where a wrong early guess costs an
 extra LLM request, and where an early answer would be a half sentence (counted: it must stay 0).
+
+In the configurations that do not speculate it also measures the server's two hops from outside, every turn
+including each process's first: STT end of turn sent → LLM request received, and the LLM token that completes the
+reply's first segment written → TTS request received. ``--baseline DIR`` runs each configuration a second time,
+interleaved, with the ``voicebot`` package found in DIR (``git archive main voicebot config | tar -x -C DIR``).
 
 Latency model (the emulators' defaults, EmulatorConfig()): STT results 50 ms after the audio that triggers them;
 Nova endpointing 300 ms of silence (the bot's default); Flux end-of-turn confidence rising linearly to 1.0 over
@@ -94,6 +100,8 @@ class Outcome:
     turns: int = 0
     llm_requests: int = 0
     half_answers: int = 0
+    finalizes: int = 0
+    """Finalize messages the bot sent (each early one forces the recogniser to finalise the audio so far)."""
     stt_final_to_llm_ms: list[float] = field(default_factory=list)
     segment_to_tts_ms: list[float] = field(default_factory=list)
     load_average: float = 0.0
@@ -214,6 +222,8 @@ async def run_one(
     outcome = Outcome(label, scenario.name, turn_latencies(result), turns=turns)
     requests = emu.select("llm", "request", since=since)
     outcome.llm_requests = len(requests)
+    controls = emu.select("stt", "control", since=since)
+    outcome.finalizes = sum(1 for e in controls if e.data["type"] == "Finalize")
     whole = " ".join(scenario.transcript.replace("|", " ").split())
     aborted = {e.data["request_id"] for e in emu.select("llm", "abort", since=since)}
     outcome.half_answers = sum(
@@ -256,8 +266,8 @@ def pct(values: Sequence[float], q: float) -> float:
 def table(outcomes: list[Outcome]) -> str:
     rows = [
         "| configuration | caller | speech end → first bot audio, ms (p50 / p90 / max, n) | vs today (p50) "
-        "| LLM requests per turn | half-sentence answers |",
-        "|---|---|---|---|---|---|",
+        "| LLM requests per turn | Finalize per turn | half-sentence answers |",
+        "|---|---|---|---|---|---|---|",
     ]
     baseline = {
         o.scenario: statistics.median(o.latencies_ms)
@@ -270,7 +280,7 @@ def table(outcomes: list[Outcome]) -> str:
         delta = p50 - baseline[o.scenario]
         rows.append(
             f"| {o.mode} | {o.scenario} | {p50:.0f} / {pct(lat, 0.9):.0f} / {max(lat):.0f} (n={len(lat)}) "
-            f"| {delta:+.0f} | {o.llm_requests / o.turns:.2f} | {o.half_answers} |"
+            f"| {delta:+.0f} | {o.llm_requests / o.turns:.2f} | {o.finalizes / o.turns:.2f} | {o.half_answers} |"
         )
     return "\n".join(rows)
 
@@ -340,7 +350,8 @@ async def main_async(
 def report(outcome: Outcome) -> None:
     print(
         f"{outcome.mode} / {outcome.scenario}: p50 {statistics.median(outcome.latencies_ms):.0f} ms, "
-        f"requests {outcome.llm_requests}/{outcome.turns}, hops {[round(v, 1) for v in outcome.stt_final_to_llm_ms]} "
+        f"requests {outcome.llm_requests}/{outcome.turns}, finalizes {outcome.finalizes}, "
+        f"hops {[round(v, 1) for v in outcome.stt_final_to_llm_ms]} "
         f"{[round(v, 1) for v in outcome.segment_to_tts_ms]}, load {outcome.load_average:.2f}",
         flush=True,
     )
@@ -355,6 +366,7 @@ def merge(outcomes: list[Outcome]) -> list[Outcome]:
         m.turns += o.turns
         m.llm_requests += o.llm_requests
         m.half_answers += o.half_answers
+        m.finalizes += o.finalizes
         m.load_average = max(m.load_average, o.load_average)
     return list(merged.values())
 
