@@ -242,6 +242,16 @@ def histogram(text: str, name: str) -> dict[float, float]:
     return out
 
 
+def histogram_merged(text: str, name: str) -> tuple[dict[float, float], float]:
+    """A labelled Prometheus histogram with its label sets added up: upper bound → count, and the sum."""
+    out: dict[float, float] = {}
+    pattern = re.compile(rf'^{re.escape(name)}_bucket\{{(?:[^}}]*,)?le="([^"]+)"\}} ([0-9.e+]+)$', re.MULTILINE)
+    for le, count in pattern.findall(text):
+        out[float(le)] = out.get(float(le), 0.0) + float(count)
+    sums = re.findall(rf"^{re.escape(name)}_sum(?:\{{[^}}]*\}})? ([0-9.e+-]+)$", text, re.MULTILINE)
+    return out, sum(float(v) for v in sums)
+
+
 def histogram_quantile(before: dict[float, float], after: dict[float, float], q: float) -> tuple[float | None, int]:
     """Quantile of the observations between two scrapes, interpolated in its bucket as Prometheus does."""
     bounds = sorted(after)
