@@ -20,6 +20,7 @@ from bench_analysis import (
     Window,
     barge_ins,
     caller_latency,
+    counter_total,
     histogram,
     histogram_merged,
     histogram_quantile,
@@ -27,6 +28,7 @@ from bench_analysis import (
     pct,
     server_barge_lines,
     server_hops,
+    server_log_events,
     trace_turns,
 )
 from bench_procs import LOAD_CORE, SERVER_CORE
@@ -272,6 +274,8 @@ def gc_figures(w: Window) -> tuple[int, float | None, float]:
     return n, _ms(p99), (s1 - s0) / max(w.t1 - w.t0, 1e-9)
 
 
+LOST = ("tts_segment_skipped", "llm_failed")
+"""Server log events that mean the caller lost part of a reply, or heard the apology instead of one."""
 TAIL_BUSY = 0.70
 """The tail target holds wherever the server's core is less busy than this."""
 TAIL_P99_SLACK_MS = 50.0
@@ -295,8 +299,8 @@ def sweep_section(bench: Bench) -> tuple[list[str], list[dict[str, Any]]]:
         "| N | live | whole turn p50 / p95 / p99 (n) | server hops p99 | server CPU (waiting) | CPU / call-min "
         "| loop lag p99 | GC: count, pause p99, share "
         "| load generator CPU (load core busy, all processes) | caller procs: max CPU, max lag p99 "
-        "| emulators lag p99 | calls ok | tail |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| emulators lag p99 | calls ok | pool waits, TTS segments skipped, LLM failures | tail |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     if any(p.name.startswith("base_") for p in phases):
         lines[5:5] = [f"Rows marked *base* ran the server from `{bench.args.baseline}` (before), interleaved with this "
@@ -315,6 +319,9 @@ def sweep_section(bench: Bench) -> tuple[list[str], list[dict[str, Any]]]:
         busy = w.cpu_s / span
         lag = loop_lag_p99_ms(w)
         gcs = gc_figures(w)
+        name = "voicebot_provider_pool_waits_total"
+        waits = counter_total(w.metrics1, name) - counter_total(w.metrics0, name)
+        lost = server_log_events(bench.server_log, [c["call_sid"] for c in phase.calls], LOST)
         proc_cpu = max((c for c, _ in phase.caller_procs), default=0.0)
         proc_lag = max((lg for _, lg in phase.caller_procs if lg is not None), default=None)
         ok = sum(1 for c in phase.calls if c["ok"])
@@ -333,12 +340,14 @@ def sweep_section(bench: Bench) -> tuple[list[str], list[dict[str, Any]]]:
             f"{w.load_gen_cpu_s / span:.0%} "
             f"({w.load_core_busy_s / span:.0%}) | "
             f"{len(phase.caller_procs)}: {proc_cpu:.0%}, {fmt(_ms(proc_lag))} ms | "
-            f"{fmt(_ms(pct(phase.emulator_lag_s, 99)))} ms | {ok} / {len(phase.calls)} | {tail} |"
+            f"{fmt(_ms(pct(phase.emulator_lag_s, 99)))} ms | {ok} / {len(phase.calls)} | "
+            f"{waits:.0f}, {lost['tts_segment_skipped']}, {lost['llm_failed']} | {tail} |"
         )
         raw.append({
             "phase": phase.name, "calls": len(phase.calls), "live": w.live_calls, "whole_turn_ms": lat,
             "server_hops_ms": inside,
-            "server_busy": busy, "cpu_per_call_minute": cpu_per_call_minute(phase), "loop_lag_p99_ms": lag, "gc": gcs,
+            "server_busy": busy, "cpu_per_call_minute": cpu_per_call_minute(phase), "loop_lag_p99_ms": lag,
+            "gc": gcs, "pool_waits": waits, "lost": dict(lost),
             "load_core_busy": w.load_core_busy_s / span, "load_gen_cpu": w.load_gen_cpu_s / span,
             "server_run_delay": w.run_delay_s / span, "caller_procs": phase.caller_procs,
             "emulator_lag_p99_ms": _ms(pct(phase.emulator_lag_s, 99)), "ok": ok, "rss_mib": w.rss_mib,
