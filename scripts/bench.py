@@ -319,6 +319,8 @@ class Bench:
                                  profile=profile)  # fmt: skip
         await self.procs.stop("voicebot")
         await self.procs.stop("base")
+        if self.args.skip_relay:
+            return
         await self.start_server("relay")
         n = self.args.calls
         await self.run_phase("relay_n", "relay", calls=n, script="talk",
@@ -352,6 +354,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--sweep-calls", type=parse_calls, default=SWEEP, help="comma-separated (default 1,10,25,50,100,150)"
     )
     p.add_argument("--baseline", type=Path, help="with --sweep: also run the server from this source tree, per N")
+    p.add_argument("--skip-relay", action="store_true", help="with --sweep: no floor relay phase")
     p.add_argument("--server-workers", type=int, default=1, help="voicebot --workers N, on both cores")
     p.add_argument("--calls-per-process", type=int, default=25, help="simulated callers per load process")
     p.add_argument("--base-port", type=int, default=18711)
