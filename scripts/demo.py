@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from voicebot.call.services import SERVICES
 from voicebot.caller import (
     CallResult,
     Say,
@@ -30,7 +31,6 @@ from voicebot.caller import (
 from voicebot.emulators import EmulatorConfig, LlmReply, ToolCall, running_emulators
 from voicebot.logs import configure_logging
 from voicebot.server import create_app
-from voicebot.services import SERVICES
 from voicebot.settings import load_settings
 
 PUBLIC_URL = "https://voicebot.demo"

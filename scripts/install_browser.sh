@@ -9,12 +9,5 @@ if [ -x "$CHROMIUM" ]; then
     exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null || { echo "install_browser.sh: need root or sudo to apt-get install chromium" >&2; exit 1; }
-    SUDO="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq chromium >/dev/null
+bash "$(dirname "$0")/apt_install.sh" chromium
 echo "chromium: $("$CHROMIUM" --version 2>/dev/null | head -n1)"

@@ -14,9 +14,11 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from tests.emulator_fixtures import SdkClients, fast_config, sdk_clients
+from tests.voices import DEFAULT_VOICE, VOICES, VoiceCase
+from voicebot.call.services import SERVICES
+from voicebot.call.state import STATE, AppState
 from voicebot.emulators import EmulatorConfig, Emulators, running_emulators
-from voicebot.server import STATE, AppState, create_app
-from voicebot.services import SERVICES
+from voicebot.server import create_app
 from voicebot.settings import Settings
 
 if TYPE_CHECKING:
@@ -101,8 +103,14 @@ async def emulators() -> AsyncIterator[Emulators]:
 
 
 @pytest.fixture
+def voice(request: pytest.FixtureRequest) -> VoiceCase:
+    """The voice a world speaks with: the default unless the test is marked ``@all_voices`` (tests/voices.py)."""
+    return VOICES[getattr(request, "param", DEFAULT_VOICE)]
+
+
+@pytest.fixture
 async def start_world(
-    emulators: Emulators, start_server: ServerFactory, tmp_path: Path
+    emulators: Emulators, start_server: ServerFactory, tmp_path: Path, voice: VoiceCase
 ) -> Callable[..., Awaitable[World]]:
     async def factory(**overrides: Any) -> World:
         settings: dict[str, Any] = {
@@ -111,6 +119,7 @@ async def start_world(
             "twilio_api_base_url": emulators.base_url,
             "transcript_dir": tmp_path / "transcripts",
             "idle_timeout_s": 30.0,
+            **voice.configure(emulators.base_url),
         }
         settings.update(overrides)
         server = await start_server(**settings)

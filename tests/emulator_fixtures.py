@@ -14,6 +14,7 @@ import httpx
 import openai
 from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
 
+from tests.voices import CARTESIA_KEY, ELEVENLABS_KEY
 from voicebot.audio import FRAME_BYTES, SAMPLE_RATE, pcm16_to_ulaw, silence
 from voicebot.emulators import EmulatorConfig, Emulators
 
@@ -32,12 +33,14 @@ TONE_AMPLITUDE = 8000
 
 def fast_config() -> EmulatorConfig:
     """Zero-latency emulators that accept only the test credentials."""
-    return EmulatorConfig.fast(
+    config = EmulatorConfig.fast(
         deepgram_key=DEEPGRAM_KEY,
         openai_key=OPENAI_KEY,
         twilio_account_sid=TWILIO_SID,
         twilio_auth_token=TWILIO_TOKEN,
     )
+    config.elevenlabs_key, config.cartesia_key = ELEVENLABS_KEY, CARTESIA_KEY
+    return config
 
 
 class SdkClients:

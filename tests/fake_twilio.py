@@ -11,9 +11,9 @@ from typing import Any
 import aiohttp
 
 from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, RunningServer
-from voicebot import twilio_wire as wire
 from voicebot.audio import FRAME_BYTES, silence
-from voicebot.security import twilio_signature
+from voicebot.twilio import wire
+from voicebot.twilio.security import twilio_signature
 
 IO_TIMEOUT_S = 10.0
 
@@ -144,10 +144,16 @@ class MediaSocket:
                 received.append(msg.data)
 
 
+STREAM_URL = PUBLIC_URL.replace("https://", "wss://", 1) + "/media"
+
+
 async def open_media(
     http: aiohttp.ClientSession, server: RunningServer, call_sid: str, headers: dict[str, str] | None = None
 ) -> MediaSocket:
-    ws = await http.ws_connect(server.ws_url("/media"), headers=headers or {}, timeout=aiohttp.ClientWSTimeout(10))
+    """Open ``/media`` as Twilio does: the upgrade signed on the public stream URL, unless ``headers`` are given."""
+    if headers is None:
+        headers = {"X-Twilio-Signature": twilio_signature(AUTH_TOKEN, STREAM_URL, {})}
+    ws = await http.ws_connect(server.ws_url("/media"), headers=headers, timeout=aiohttp.ClientWSTimeout(10))
     return MediaSocket(ws, call_sid)
 
 

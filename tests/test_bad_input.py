@@ -25,13 +25,13 @@ from hypothesis import strategies as st
 
 from tests.fake_twilio import MediaSocket, answered_call, new_call_sid, open_media
 from tests.world import TTS_MODEL, World, segments_of
-from voicebot import twilio_wire as wire
 from voicebot.audio import FRAME_BYTES
+from voicebot.call.session import MAX_LOGGED_PROTOCOL_ERRORS, MAX_PROTOCOL_ERRORS
 from voicebot.caller import CallResult, HangUp, Say, WaitForBotAudio, WaitForBotSilence
 from voicebot.caller.script import resolve_audio
 from voicebot.emulators import DEFAULT_TRANSCRIPT, Emulators, synthesize
 from voicebot.logs import configure_logging
-from voicebot.session import MAX_LOGGED_PROTOCOL_ERRORS, MAX_PROTOCOL_ERRORS
+from voicebot.twilio import wire
 
 GREETING = "Hi."
 MS_PER_CHAR = 20.0

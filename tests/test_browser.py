@@ -27,14 +27,16 @@ from aiohttp.test_utils import TestServer
 from tests.chromium import Chromium, chromium, require_chromium
 from tests.conftest import make_settings
 from voicebot import clips
-from voicebot import twilio_wire as wire
 from voicebot.audio import FRAME_BYTES, SAMPLE_RATE, pcm16_to_ulaw, ulaw_to_pcm16
-from voicebot.devpage import CallEventHub, add_dev_routes
+from voicebot.call.services import SERVICES
+from voicebot.call.state import STATE, AppState
+from voicebot.devpage.page import CallEventHub, add_dev_routes
 from voicebot.emulators import EmulatorConfig, running_emulators
 from voicebot.metrics import Metrics
-from voicebot.security import StreamTokens
-from voicebot.server import STATE, AppState, create_app
-from voicebot.services import SERVICES
+from voicebot.server import create_app
+from voicebot.twilio import wire
+from voicebot.twilio.outbound import ContextSeal
+from voicebot.twilio.security import StreamTokens
 
 SCREENSHOT_DIR = Path(os.environ.get("VOICEBOT_ARTIFACTS", "build/artifacts"))
 
@@ -224,7 +226,12 @@ async def serve(app: web.Application) -> AsyncIterator[str]:
 
 def strict_app(hub: CallEventHub) -> tuple[web.Application, StrictMediaServer]:
     settings = make_settings()
-    state = AppState(settings=settings, metrics=Metrics(), tokens=StreamTokens(b"browser-test-secret"))
+    state = AppState(
+        settings=settings,
+        metrics=Metrics(),
+        tokens=StreamTokens(b"browser-test-secret"),
+        seal=ContextSeal(b"browser-test-secret"),
+    )
     app = web.Application()
     app[STATE] = state
     add_dev_routes(app, hub)

@@ -41,8 +41,8 @@ from voicebot.caller import (
 )
 from voicebot.caller.__main__ import amain
 from voicebot.caller.script import resolve_audio
-from voicebot.security import validate_twilio_signature
-from voicebot.twilio_wire import (
+from voicebot.twilio.security import validate_twilio_signature
+from voicebot.twilio.wire import (
     Connected,
     InboundEvent,
     Mark,
@@ -54,7 +54,7 @@ from voicebot.twilio_wire import (
     media_message,
     parse_inbound,
 )
-from voicebot.twilio_wire import (
+from voicebot.twilio.wire import (
     Dtmf as DtmfEvent,
 )
 
@@ -388,7 +388,7 @@ async def test_a_stream_url_twilio_would_refuse_is_a_failure(make_server: MakeSe
         f'<Parameter name="token" value="{STREAM_TOKEN}"/></Stream></Connect></Response>'
     )
     result = await SimulatedCaller(server.url, [HangUp()]).run(timeout=CALL_TIMEOUT_S)
-    assert any("31910" in f for f in result.failures)
+    assert any("31922" in f for f in result.failures)
     assert any("31920" in f for f in result.failures)
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voicebot.chunker import ChunkerConfig, TextChunker, clean_for_speech
+from voicebot.call.chunker import ChunkerConfig, TextChunker, clean_for_speech
 
 DEFAULT = ChunkerConfig()
 # Every sentence end is a cut: isolates the boundary rules from the length rules.

@@ -13,11 +13,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import ACCOUNT_SID, PUBLIC_URL, make_settings
-from voicebot.devpage import CSP, DEV_HEADER, DEV_HUB, CallEventHub, add_dev_routes, dev_page_enabled
+from voicebot.call.state import STATE, AppState
+from voicebot.devpage.page import CSP, DEV_HEADER, DEV_HUB, CallEventHub, add_dev_routes, dev_page_enabled
 from voicebot.metrics import Metrics
-from voicebot.security import StreamTokens
-from voicebot.server import STATE, AppState
 from voicebot.settings import Settings
+from voicebot.twilio.outbound import ContextSeal
+from voicebot.twilio.security import StreamTokens
 
 IO_TIMEOUT_S = 5.0
 DEV = {DEV_HEADER: "1"}
@@ -108,7 +109,12 @@ async def dev_server() -> AsyncIterator[Any]:
         async def factory(settings: Settings | None = None) -> DevServer:
             settings = settings or make_settings()
             app = web.Application()
-            app[STATE] = AppState(settings=settings, metrics=Metrics(), tokens=StreamTokens(b"test-secret"))
+            app[STATE] = AppState(
+                settings=settings,
+                metrics=Metrics(),
+                tokens=StreamTokens(b"test-secret"),
+                seal=ContextSeal(b"test-secret"),
+            )
             add_dev_routes(app, CallEventHub())
             server = TestServer(app, host="127.0.0.1", port=None)
             await server.start_server()
@@ -149,7 +155,8 @@ async def test_dev_call_gives_a_call_sid_and_its_stream_token(dev_server: Any) -
 
 
 async def test_dev_call_through_the_public_url_streams_to_it(dev_server: Any) -> None:
-    dev = await dev_server()
+    # Only when the operator opened the page to remote clients (tests/test_access.py has the default: 404).
+    dev = await dev_server(make_settings(dev_page=True, dev_remote_calls=True))
     host = PUBLIC_URL.removeprefix("https://")
     async with dev.http.post(dev.url("/dev/call"), headers={**DEV, "Host": host}) as resp:
         assert (await resp.json())["stream_url"] == f"wss://{host}/media"
@@ -157,7 +164,7 @@ async def test_dev_call_through_the_public_url_streams_to_it(dev_server: Any) ->
 
 @pytest.mark.parametrize(
     ("headers", "status"),
-    [({}, 403), ({DEV_HEADER: "yes"}, 403), ({**DEV, "Host": "rebound.attacker.example"}, 403)],
+    [({}, 403), ({DEV_HEADER: "yes"}, 403), ({**DEV, "Host": "rebound.attacker.example"}, 404)],
 )
 async def test_dev_call_refuses_cross_site_and_rebound_requests(
     dev_server: Any, headers: dict[str, str], status: int

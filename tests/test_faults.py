@@ -19,8 +19,9 @@ import orjson
 import pytest
 from aiohttp import WSCloseCode, web
 
+from tests.voices import all_voices
 from tests.world import TTS_MODEL, World, segments_of
-from voicebot import bot_turn, conversation
+from voicebot.call import bot_turn, conversation
 from voicebot.caller import CallResult, HangUp, Say, SimulatedCaller, WaitForBotAudio, WaitForBotSilence
 from voicebot.caller.script import Step
 from voicebot.emulators import Emulators, Event, LlmFaults, TtsFaults, synthesize, tokenize
@@ -333,6 +334,7 @@ TTS_TIMEOUT_S = 1.0
 STALLED_TTFB_MS = 60_000.0
 
 
+@all_voices
 @pytest.mark.parametrize("fault", ["http_500", "timeout"])
 async def test_tts_fault_on_one_segment_retries_once_then_skips_it(
     make_world: WorldFactory, monkeypatch: pytest.MonkeyPatch, fault: str
@@ -385,6 +387,7 @@ async def test_tts_fault_on_one_segment_retries_once_then_skips_it(
     assert_audio(heard(result), speech(GREETING) + speech(segments[0]) + speech(segments[2]))
 
 
+@all_voices
 async def test_tts_down_for_a_whole_turn_plays_the_cached_apology_then_recovers(make_world: WorldFactory) -> None:
     world = await make_world()
     emu = world.emu

@@ -6,7 +6,7 @@ import pytest
 
 from voicebot.audio import MULAW_SILENCE
 from voicebot.caller.playback import AudioStarted, AudioStopped, PlaybackClock
-from voicebot.twilio_wire import OutClear, OutMark, OutMedia
+from voicebot.twilio.wire import OutClear, OutMark, OutMedia
 
 SID = "MZ" + "0" * 32
 T0 = 1000.0  # an arbitrary monotonic origin

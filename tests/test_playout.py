@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from voicebot.audio import BYTES_PER_MS, BYTES_PER_SECOND
-from voicebot.playout import (
+from voicebot.call.playout import (
     DEFAULT_SAFETY_MARGIN_MS,
     HeardText,
     MarkEcho,

@@ -14,9 +14,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.world import World, audio_of, segments_of
+from voicebot.call.services import LLM_REQUESTS_PER_CALL, TTS_REQUESTS_PER_CALL, pool_limits
 from voicebot.caller import HangUp, Say, WaitForBotAudio, WaitForBotSilence
 from voicebot.providers.pools import PoolUse, httpx2_transport, httpx_transport
-from voicebot.services import LLM_REQUESTS_PER_CALL, TTS_REQUESTS_PER_CALL, pool_limits
 
 WAIT_S = 15.0
 BURST_CALLS = 6

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
-from voicebot.security import TOKEN_TTL_S, StreamTokens, TokenError, twilio_signature, validate_twilio_signature
+from voicebot.twilio.security import TOKEN_TTL_S, StreamTokens, TokenError, twilio_signature, validate_twilio_signature
 
 TOKEN = "12345678901234567890123456789012"
 WEBHOOK_PARAMS = {"CallSid": "CA123", "AccountSid": "AC123", "From": "+15551230000", "To": "+15559870000"}

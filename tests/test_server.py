@@ -15,7 +15,7 @@ from aiohttp import WSCloseCode
 from tests.conftest import AUTH_TOKEN, ServerFactory
 from tests.fake_twilio import answered_call, new_call_sid, open_media, post_voice
 from voicebot.logs import configure_logging
-from voicebot.security import twilio_signature
+from voicebot.twilio.security import twilio_signature
 
 
 @pytest.fixture

@@ -15,11 +15,13 @@ from typing import Any
 
 import aiohttp
 
-from tests.fake_twilio import new_call_sid, post_voice
+from tests.conftest import AUTH_TOKEN
+from tests.fake_twilio import STREAM_URL, new_call_sid, post_voice
 from tests.world import World
 from voicebot import clips
-from voicebot import twilio_wire as wire
 from voicebot.audio import FRAME_BYTES, silence
+from voicebot.twilio import wire
+from voicebot.twilio.security import twilio_signature
 
 STALL_S = 1.0
 CLOSE_BOUND_S = 30.0
@@ -70,7 +72,8 @@ async def test_peer_that_stops_reading_is_closed_after_the_stall(start_world: An
         key = base64.b64encode(os.urandom(16)).decode()
         writer.write(
             f"GET /media HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"X-Twilio-Signature: {twilio_signature(AUTH_TOKEN, STREAM_URL, {})}\r\n\r\n".encode()
         )
         head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101")

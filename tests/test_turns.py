@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from voicebot.audio import FRAME_MS
-from voicebot.turns import (
+from voicebot.call.turns import (
     Action,
     Backchannels,
     CancelTurn,

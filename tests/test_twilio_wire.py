@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from voicebot import twilio_wire as wire
+from voicebot.twilio import wire
 
 # Verbatim examples from twilio.com/docs/voice/media-streams/websocket-messages (via shared/PROVIDERS.md §4.2).
 CONNECTED = '{"event":"connected","protocol":"Call","version":"1.0.0"}'
@@ -137,6 +137,7 @@ MALFORMED = [
     ("media not an object", _with(MEDIA, ["media"], "x"), "'media' must be an object"),
     ("payload not base64", _with(MEDIA, ["media", "payload"], "%%%"), "not valid base64"),
     ("payload bad padding", _with(MEDIA, ["media", "payload"], "abc"), "not valid base64"),
+    ("payload not ASCII", _with(MEDIA, ["media", "payload"], "\x80"), "not valid base64"),
     ("payload a number", _with(MEDIA, ["media", "payload"], 12), "base64 string"),
     ("streamSid missing", _with(MEDIA, ["streamSid"], KeyError), "'streamSid' must be a non-empty string"),
     ("streamSid too long", _with(MEDIA, ["streamSid"], "M" * 100), "longer than"),

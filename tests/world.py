@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import AUTH_TOKEN, PUBLIC_URL, RunningServer
+from voicebot.call.chunker import TextChunker
+from voicebot.call.services import SERVICES, Services
 from voicebot.caller import CallResult, SimulatedCaller
 from voicebot.caller.script import Step
-from voicebot.chunker import TextChunker
 from voicebot.emulators import Emulators, synthesize
-from voicebot.services import SERVICES, Services
 
 TTS_MODEL = "aura-2-asteria-en"
 CALL_TIMEOUT_S = 30.0

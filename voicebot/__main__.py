@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m voicebot",
         description="Serve the voicebot Twilio Media Streams bot. Settings come from config/voicebot.toml, "
         "then .env, then environment variables; the flags below override them.",
+        epilog="Other commands: `python -m voicebot twilio numbers|connect|call` (see `twilio --help`) and "
+        "`python -m voicebot doctor` (what stands between this configuration and a working call).",
     )
     parser.add_argument("--host", help="address to listen on (VOICEBOT_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (VOICEBOT_PORT, default 8080)")
@@ -50,6 +53,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["twilio"]:
+        from voicebot.twilio.cli import run as run_twilio
+
+        return asyncio.run(run_twilio(argv[1:]))
+    if argv[:1] == ["doctor"]:
+        from voicebot.doctor import run as run_doctor
+
+        return asyncio.run(run_doctor(argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(config_path=args.config, overrides=_overrides(args))

@@ -20,6 +20,11 @@ class ProviderError(VoicebotError):
         self.transient = transient
         self.status = status
 
+    @classmethod
+    def from_status(cls, provider: str, message: str, status: int) -> ProviderError:
+        """An error answer with an HTTP status: 408, 429 and 5xx are worth a retry, other statuses are not."""
+        return cls(provider, message, transient=status >= 500 or status in (408, 429), status=status)
+
 
 class CallEnded(VoicebotError):
     """Raised inside a call's TaskGroup to end the call; the reason ends up in ``call_ended``."""

@@ -18,9 +18,9 @@ import structlog
 import structlog.tracebacks
 from structlog.types import EventDict, Processor, WrappedLogger
 
-from voicebot.security import TOKEN_PREFIX
-
 REDACTED = "[redacted]"
+TOKEN_PREFIX = "vbt1"
+"""Stream tokens (voicebot/twilio/security.py) start with this; the redactor removes any such token from a line."""
 _TOKEN_RE = re.compile(re.escape(TOKEN_PREFIX) + r"\.[0-9]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+")
 
 

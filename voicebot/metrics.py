@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator, Sequence
-from typing import Literal, get_args
+from typing import Literal, Protocol, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from voicebot.providers.pools import PoolUse
+
+class PoolStats(Protocol):
+    """What the metrics read of a provider client's pool (``voicebot.providers.pools.PoolUse`` is one)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def limit(self) -> int: ...
+    @property
+    def in_use(self) -> int: ...
+    @property
+    def waiting(self) -> int: ...
+    @property
+    def waited(self) -> int: ...
+
 
 RejectReason = Literal[
     "capacity", "draining", "not_configured", "bad_signature", "bad_token", "no_start", "bad_request"
@@ -32,7 +46,7 @@ class _PoolCollector(Collector):
     """The provider clients' pools (:mod:`voicebot.providers.pools`), read at scrape time."""
 
     def __init__(self) -> None:
-        self.pools: Sequence[PoolUse] = ()
+        self.pools: Sequence[PoolStats] = ()
 
     def collect(self) -> Iterator[Metric]:
         limit = GaugeMetricFamily(
@@ -88,6 +102,12 @@ class Metrics:
         self.protocol_errors = Counter(
             "voicebot_protocol_errors", "Malformed or unexpected Twilio messages", ["kind"], registry=self.registry
         )
+        self.twilio_status = Counter(
+            "voicebot_twilio_status_callbacks",
+            "Twilio call status callbacks, by CallStatus (forbidden: bad or missing signature)",
+            ["status"],
+            registry=self.registry,
+        )
         self.loop_lag = Histogram(
             "voicebot_event_loop_lag_seconds",
             "How late the event loop ran a timer due every LOOP_LAG_PERIOD_S (a busy loop delays every call)",
@@ -110,7 +130,7 @@ class Metrics:
         self._pools = _PoolCollector()
         self.registry.register(self._pools)
 
-    def watch_pools(self, pools: Sequence[PoolUse]) -> None:
+    def watch_pools(self, pools: Sequence[PoolStats]) -> None:
         """Export these provider pools' limit, use and waits from now on."""
         self._pools.pools = pools
 

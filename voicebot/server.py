@@ -8,21 +8,24 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator
 
 import orjson
 from aiohttp import WSCloseCode, web
 
-from voicebot import twiml
-from voicebot.devpage import DEV_HUB, CallEventHub, add_dev_routes, dev_page_enabled
+from voicebot.access import bearer_matches, is_direct_local
+from voicebot.call.services import SERVICES, services_context
+from voicebot.call.session import CallSession
+from voicebot.call.state import STATE, AppState
+from voicebot.call.transcript import TranscriptWriter
+from voicebot.devpage.page import DEV_HUB, CallEventHub, add_dev_routes, dev_page_enabled
 from voicebot.logs import get_logger
 from voicebot.metrics import Metrics
-from voicebot.security import StreamTokens, validate_twilio_signature
-from voicebot.services import SERVICES, services_context
-from voicebot.session import CallSession
 from voicebot.settings import Settings
+from voicebot.twilio import outbound, twiml
+from voicebot.twilio.security import StreamTokens, validate_twilio_signature
+from voicebot.twilio.status import PATH as STATUS_PATH
+from voicebot.twilio.status import handle_status
 
 log = get_logger("voicebot.server")
 
@@ -31,28 +34,6 @@ MAX_CALL_SID_LENGTH = 64
 NOT_CONFIGURED_TEXT = "Sorry, this phone assistant is not configured yet. Please try again later. Goodbye."
 BUSY_TEXT = "Sorry, all of our lines are busy right now. Please call again in a few minutes. Goodbye."
 DRAINING_TEXT = "Sorry, this service is restarting. Please call again in a minute. Goodbye."
-
-
-@dataclass
-class AppState:
-    """Process-wide state shared by every call of one application."""
-
-    settings: Settings
-    metrics: Metrics
-    tokens: StreamTokens
-    sessions: set[CallSession] = field(default_factory=set)
-    draining: bool = False
-    listeners: list[Callable[[str, dict[str, Any]], None]] = field(default_factory=list)
-    is_dev_call: Callable[[str], bool] = lambda _call_sid: False
-    """True for a call placed from the dev page: no Twilio call exists, so it ends by closing the socket."""
-
-    def publish(self, call_sid: str, event: dict[str, Any]) -> None:
-        """Hand a call event to the dev page's event stream (if any listens)."""
-        for listener in self.listeners:
-            listener(call_sid, event)
-
-
-STATE = web.AppKey("state", AppState)
 
 
 def token_secret(settings: Settings) -> bytes:
@@ -86,6 +67,10 @@ async def voice(request: web.Request) -> web.Response:
     if not call_sid or len(call_sid) > MAX_CALL_SID_LENGTH:
         state.metrics.reject("bad_request")
         raise web.HTTPBadRequest(text="CallSid is required")
+    if outbound.is_machine(params.get("AnsweredBy")):
+        log.info("call_answered_by_machine", call_sid=call_sid, answered_by=params.get("AnsweredBy"))
+        return _twiml(twiml.say_and_hang_up(settings.machine_message))
+    context = _call_context(request, settings, call_sid)
     if state.draining:
         state.metrics.reject("draining")
         log.info("call_rejected", reason="draining", call_sid=call_sid)
@@ -99,7 +84,22 @@ async def voice(request: web.Request) -> web.Response:
         log.warning("call_rejected", reason="capacity", active=len(state.sessions), call_sid=call_sid)
         return _twiml(twiml.say_and_hang_up(BUSY_TEXT))
     log.info("call_answered", call_sid=call_sid)
-    return _twiml(twiml.connect_stream(settings.stream_url, {"token": state.tokens.mint(call_sid)}))
+    parameters = {"token": state.tokens.mint(call_sid), **state.seal.parameters(call_sid, context)}
+    return _twiml(twiml.connect_stream(settings.stream_url, parameters))
+
+
+def _call_context(request: web.Request, settings: Settings, call_sid: str) -> str | None:
+    """An outbound call's context from the webhook URL, trusted only when Twilio signed that URL."""
+    if outbound.CONTEXT_PARAM not in request.query:
+        return None
+    if settings.twilio_auth_token is None:
+        log.warning("call_context_ignored", reason="unsigned: set TWILIO_AUTH_TOKEN", call_sid=call_sid)
+        return None
+    try:
+        return outbound.context_from_query(request.query_string)
+    except outbound.ContextError as exc:
+        log.warning("call_context_ignored", reason=str(exc), call_sid=call_sid)
+        return None
 
 
 async def media(request: web.Request) -> web.StreamResponse:
@@ -107,9 +107,18 @@ async def media(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     settings = state.settings
     signature = request.headers.get("X-Twilio-Signature")
-    if signature is not None and settings.twilio_auth_token is not None:
-        token = settings.twilio_auth_token.get_secret_value()
-        if not validate_twilio_signature(token, settings.stream_url, {}, signature):
+    dev_token_only = False
+    if settings.twilio_auth_token is not None:
+        if signature is None and not is_direct_local(request):
+            # From outside only Twilio may open a stream, and Twilio always signs the upgrade.
+            state.metrics.reject("bad_signature")
+            log.warning("stream_rejected", reason="unsigned")
+            raise web.HTTPForbidden(text="X-Twilio-Signature is required")
+        if signature is None:
+            dev_token_only = True  # direct from this machine: only the dev page's own calls
+        elif not validate_twilio_signature(
+            settings.twilio_auth_token.get_secret_value(), settings.stream_url, {}, signature
+        ):
             state.metrics.reject("bad_signature")
             log.warning("stream_rejected", reason="bad_signature")
             raise web.HTTPForbidden(text="invalid X-Twilio-Signature")
@@ -123,7 +132,7 @@ async def media(request: web.Request) -> web.StreamResponse:
         autoping=True,
     )
     await ws.prepare(request)
-    session = CallSession(ws, state, request.app.get(SERVICES), request.transport)
+    session = CallSession(ws, state, request.app.get(SERVICES), request.transport, dev_token_only=dev_token_only)
     state.sessions.add(session)
     state.metrics.active_calls.inc()
     try:
@@ -141,15 +150,44 @@ async def media(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+def append_to_transcript(settings: Settings, call_sid: str, kind: str, fields: dict[str, str]) -> None:
+    """One line in the call's transcript file, whether or not the call is still live."""
+    transcript = TranscriptWriter(settings.transcript_dir, call_sid)
+    try:
+        transcript.write(kind, **fields)
+    finally:
+        transcript.close()
+
+
+async def twilio_status(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return await handle_status(request, state.settings, state.metrics, append_to_transcript)
+
+
 async def healthz(request: web.Request) -> web.Response:
+    """Health: the detail (counts, missing settings) only for this machine; from outside, ok or not ok."""
     state = request.app[STATE]
     missing = state.settings.missing()
     status = "draining" if state.draining else ("degraded" if missing else "ok")
+    if not is_direct_local(request):
+        healthy = status == "ok"
+        return web.Response(
+            body=orjson.dumps({"status": "ok" if healthy else "not ok"}),
+            status=200 if healthy else 503,
+            content_type="application/json",
+        )
     body = {"status": status, "active_calls": len(state.sessions), "missing": missing}
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics: direct local requests, or anyone with ``VOICEBOT_METRICS_TOKEN`` as a bearer token."""
+    settings = request.app[STATE].settings
+    allowed = is_direct_local(request) or (
+        settings.metrics_token is not None and bearer_matches(request, settings.metrics_token.get_secret_value())
+    )
+    if not allowed:
+        raise web.HTTPNotFound()  # not 403: do not advertise it
     body = request.app[STATE].metrics.render()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
@@ -214,7 +252,10 @@ async def gc_monitor(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     """Build the application."""
     app = web.Application(client_max_size=MAX_WEBHOOK_BYTES)
-    app[STATE] = AppState(settings=settings, metrics=Metrics(), tokens=StreamTokens(token_secret(settings)))
+    secret = token_secret(settings)
+    app[STATE] = AppState(
+        settings=settings, metrics=Metrics(), tokens=StreamTokens(secret), seal=outbound.ContextSeal(secret)
+    )
     state = app[STATE]
     hub = CallEventHub()
     app[DEV_HUB] = hub
@@ -224,6 +265,7 @@ def create_app(settings: Settings) -> web.Application:
         add_dev_routes(app, hub)
     app.router.add_post("/voice", voice)
     app.router.add_get("/media", media)
+    app.router.add_post(STATUS_PATH, twilio_status)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.on_shutdown.append(drain)

@@ -1,4 +1,5 @@
-"""Typed settings: ``config/voicebot.toml``, then ``.env``, then environment variables (later wins).
+"""Typed settings: ``config/voicebot.toml``, then ``.env``, then ``$CREDENTIALS_DIRECTORY/voicebot.env`` (systemd),
+then environment variables (later wins).
 
 Every setting has one field name (the TOML key) and one environment name: provider settings keep their
 provider's prefix (``DEEPGRAM_API_KEY``), the rest get ``VOICEBOT_`` (``port`` ↔ ``VOICEBOT_PORT``).
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,8 +21,9 @@ from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 DEFAULT_CONFIG = Path("config/voicebot.toml")
-_PROVIDER_PREFIXES = ("deepgram_", "openai_", "twilio_")
+_PROVIDER_PREFIXES = ("deepgram_", "openai_", "twilio_", "elevenlabs_", "cartesia_")
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 
 
 class SettingsError(ValueError):
@@ -46,6 +49,8 @@ class Settings(BaseModel):
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     dev_page: bool | None = None
+    dev_remote_calls: bool = False
+    metrics_token: SecretStr | None = None
     # limits
     max_calls: int = Field(200, ge=1)
     max_message_bytes: int = Field(64 * 1024, ge=1024)
@@ -61,6 +66,9 @@ class Settings(BaseModel):
     goodbye: str = "Thanks for calling. Goodbye!"
     prompt_file: Path = Path("config/system_prompt.md")
     transfer_number: str = ""
+    machine_message: str = (
+        "Hello, this is an automated call from your voice assistant. Please call us back when you can. Goodbye."
+    )
     transcript_dir: Path = Path("transcripts")
     idle_timeout_s: float = Field(8.0, gt=0)
     idle_reprompts: int = Field(2, ge=0)
@@ -72,6 +80,8 @@ class Settings(BaseModel):
         "uh-huh", "uh huh", "mm-hmm", "mhm", "mm", "hmm", "yeah", "yep", "yes", "okay", "ok", "right", "sure",
         "got it", "i see", "alright", "all right",
     )  # fmt: skip
+    # text-to-speech: which voice
+    tts_provider: Literal["deepgram", "elevenlabs", "cartesia"] = "deepgram"
     # Deepgram
     deepgram_api_key: SecretStr | None = None
     deepgram_base_url: str = "https://api.deepgram.com"
@@ -82,6 +92,18 @@ class Settings(BaseModel):
     deepgram_tts_model: str = "aura-2-asteria-en"
     deepgram_tts_encoding: str = "mulaw"
     deepgram_tts_sample_rate: int = 8000
+    deepgram_tts_transport: Literal["rest", "websocket"] = "rest"
+    # ElevenLabs
+    elevenlabs_api_key: SecretStr | None = None
+    elevenlabs_voice_id: str = ""
+    elevenlabs_model: str = "eleven_flash_v2_5"
+    elevenlabs_base_url: str = "https://api.elevenlabs.io"
+    # Cartesia
+    cartesia_api_key: SecretStr | None = None
+    cartesia_voice_id: str = ""
+    cartesia_model: str = "sonic-2"
+    cartesia_base_url: str = "https://api.cartesia.ai"
+    cartesia_version: str = "2025-04-16"
     # OpenAI
     openai_api_key: SecretStr | None = None
     openai_base_url: str = "https://api.openai.com/v1"
@@ -92,6 +114,14 @@ class Settings(BaseModel):
     twilio_account_sid: str = ""
     twilio_auth_token: SecretStr | None = None
     twilio_api_base_url: str = "https://api.twilio.com"
+    twilio_from_number: str = ""
+
+    @field_validator("twilio_from_number")
+    @classmethod
+    def _e164(cls, value: str) -> str:
+        if value and not E164.fullmatch(value):
+            raise ValueError("must be a phone number in E.164 form, like +15551234567")
+        return value
 
     @field_validator("deepgram_tts_encoding")
     @classmethod
@@ -107,7 +137,17 @@ class Settings(BaseModel):
             raise ValueError("Twilio Media Streams play only mu-law at 8000 Hz: set it to 8000")
         return value
 
-    @field_validator("public_url", "deepgram_base_url", "openai_base_url", "twilio_api_base_url")
+    @field_validator("cartesia_version")
+    @classmethod
+    def _api_version(cls, value: str) -> str:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            raise ValueError("must be an API version date like 2025-04-16")
+        return value
+
+    @field_validator(
+        "public_url", "deepgram_base_url", "openai_base_url", "twilio_api_base_url", "elevenlabs_base_url",
+        "cartesia_base_url",
+    )  # fmt: skip
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not value:
@@ -141,10 +181,13 @@ class Settings(BaseModel):
 
     @property
     def deepgram_ws_url(self) -> str:
-        """The live-STT WebSocket base, derived from DEEPGRAM_BASE_URL (https → wss, http → ws)."""
-        parts = urlsplit(self.deepgram_base_url)
-        scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-        return urlunsplit((scheme, parts.netloc, parts.path, "", ""))
+        """The WebSocket base (live STT, speak socket), derived from DEEPGRAM_BASE_URL (https → wss, http → ws)."""
+        return ws_url(self.deepgram_base_url)
+
+    @property
+    def cartesia_ws_url(self) -> str:
+        """Cartesia's TTS socket, derived from CARTESIA_BASE_URL (https → wss, http → ws)."""
+        return ws_url(self.cartesia_base_url) + "/tts/websocket"
 
     @property
     def is_loopback(self) -> bool:
@@ -155,6 +198,17 @@ class Settings(BaseModel):
         except ValueError:
             return False
 
+    @property
+    def public_is_loopback(self) -> bool:
+        """True if ``public_url`` names this machine: nothing outside can reach the bot through it."""
+        host = urlsplit(self.public_url).hostname or ""
+        if host in LOOPBACK_NAMES:
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
     def missing(self) -> list[str]:
         """Names of the credentials a call needs and that are not set."""
         names = []
@@ -162,20 +216,46 @@ class Settings(BaseModel):
             names.append("DEEPGRAM_API_KEY")
         if self.openai_api_key is None or not self.openai_api_key.get_secret_value():
             names.append("OPENAI_API_KEY")
+        # Only what the chosen voice needs: an unused provider's settings may stay empty.
+        if self.tts_provider == "elevenlabs":
+            names += _unset(
+                ("ELEVENLABS_API_KEY", self.elevenlabs_api_key), ("ELEVENLABS_VOICE_ID", self.elevenlabs_voice_id)
+            )
+        elif self.tts_provider == "cartesia":
+            names += _unset(("CARTESIA_API_KEY", self.cartesia_api_key), ("CARTESIA_VOICE_ID", self.cartesia_voice_id))
         return names
 
     def secret_values(self) -> list[str]:
         """Every secret value set, for the log redactor."""
-        secrets = [self.deepgram_api_key, self.openai_api_key, self.twilio_auth_token, self.token_secret]
+        secrets = [
+            self.deepgram_api_key,
+            self.openai_api_key,
+            self.twilio_auth_token,
+            self.token_secret,
+            self.metrics_token,
+            self.elevenlabs_api_key,
+            self.cartesia_api_key,
+        ]
         return [s.get_secret_value() for s in secrets if s is not None and len(s.get_secret_value()) >= 4]
 
     def check_startup(self) -> None:
         """Refuse configurations that are unsafe to serve; raise SettingsError saying why."""
-        if not self.is_loopback and self.twilio_auth_token is None and not self.allow_unsigned:
+        if self.twilio_auth_token is not None or self.allow_unsigned:
+            return
+        if not self.is_loopback:
             raise SettingsError(
                 f"refusing to listen on {self.host} without TWILIO_AUTH_TOKEN: anyone could open calls and "
                 "spend your Deepgram and OpenAI credits. Set TWILIO_AUTH_TOKEN, bind VOICEBOT_HOST to "
                 "127.0.0.1, or set VOICEBOT_ALLOW_UNSIGNED=true if a proxy in front checks requests."
+            )
+        if not self.public_is_loopback:
+            # A public URL means a proxy or tunnel forwards the internet to us: every request then arrives
+            # from loopback, so binding to 127.0.0.1 protects nothing.
+            raise SettingsError(
+                "refusing to serve VOICEBOT_PUBLIC_URL (a non-loopback URL: a proxy or tunnel makes the bot "
+                "reachable from the internet) without TWILIO_AUTH_TOKEN: anyone could open calls and spend your "
+                "Deepgram and OpenAI credits. Set TWILIO_AUTH_TOKEN, or set VOICEBOT_ALLOW_UNSIGNED=true if the "
+                "proxy in front checks Twilio's signatures."
             )
 
     def redacted(self) -> dict[str, Any]:
@@ -195,7 +275,29 @@ class Settings(BaseModel):
         return out
 
 
-_SECRET_FIELDS = frozenset({"deepgram_api_key", "openai_api_key", "twilio_auth_token", "token_secret"})
+_SECRET_FIELDS = frozenset(
+    {"deepgram_api_key", "openai_api_key", "twilio_auth_token", "token_secret", "metrics_token"}
+    | {"elevenlabs_api_key", "cartesia_api_key"}
+)
+
+
+def ws_url(base_url: str) -> str:
+    """The WebSocket form of an http(s) base URL (https → wss, http → ws), path kept."""
+    parts = urlsplit(base_url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, parts.path, "", ""))
+
+
+def _unset(*pairs: tuple[str, SecretStr | str | None]) -> list[str]:
+    """The names whose value is unset or empty."""
+    missing = []
+    for name, value in pairs:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if not text:
+            missing.append(name)
+    return missing
+
+
 ENV_TO_FIELD = {env_name(name): name for name in Settings.model_fields}
 
 
@@ -215,6 +317,21 @@ def _split_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+CREDENTIAL_NAME = "voicebot.env"
+"""systemd's ``LoadCredential=voicebot.env:/etc/voicebot/voicebot.env`` (deploy/voicebot.service): a .env-style
+file in ``$CREDENTIALS_DIRECTORY``, between .env and the environment."""
+
+
+def _credential_file(environ: Mapping[str, str]) -> dict[str, str]:
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return {}
+    path = Path(directory) / CREDENTIAL_NAME
+    if not path.is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None,
     env_file: Path | None = Path(".env"),
@@ -226,7 +343,12 @@ def load_settings(
     dotenv: dict[str, str] = {}
     if env_file is not None and env_file.is_file():
         dotenv = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
-    layered_env = {**dotenv, **{k: v for k, v in environ.items() if k in ENV_TO_FIELD or k == "VOICEBOT_CONFIG"}}
+    credential = _credential_file(environ)
+    layered_env = {
+        **dotenv,
+        **credential,
+        **{k: v for k, v in environ.items() if k in ENV_TO_FIELD or k == "VOICEBOT_CONFIG"},
+    }
 
     explicit = config_path or (Path(p) if (p := layered_env.get("VOICEBOT_CONFIG")) else None)
     path = explicit or DEFAULT_CONFIG
@@ -246,7 +368,7 @@ def load_settings(
         if field is None:
             continue
         data[field] = _split_list(value) if field == "backchannels" else value
-        origin[field] = "environment" if env in environ else ".env"
+        origin[field] = "environment" if env in environ else (CREDENTIAL_NAME if env in credential else ".env")
     for field, value in (overrides or {}).items():
         if value is not None:
             data[field] = value

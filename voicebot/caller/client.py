@@ -15,13 +15,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, assert_never
 
 import aiohttp
 
-from voicebot import twilio_wire as wire
 from voicebot.audio import FRAME_BYTES, FRAME_MS, MULAW_SILENCE
 from voicebot.caller.playback import AudioStarted, AudioStopped, PlaybackClock
 from voicebot.caller.script import (
@@ -45,8 +44,9 @@ from voicebot.caller.twiml import (
     reachable_stream_url,
     webhook_params,
 )
-from voicebot.security import twilio_signature
-from voicebot.twilio_wire import OutClear, OutMark, OutMedia, WireError, parse_outbound
+from voicebot.twilio import wire
+from voicebot.twilio.security import twilio_signature
+from voicebot.twilio.wire import OutClear, OutMark, OutMedia, WireError, parse_outbound
 
 FRAME_S = FRAME_MS / 1000
 WEBHOOK_TIMEOUT_S = 15.0  # Twilio's default webhook timeout
@@ -97,7 +97,14 @@ class SimulatedCaller:
         from_number: str = "+15550100001",
         to_number: str = "+15550100002",
         voice_path: str = "/voice",
+        call_sid: str | None = None,
+        account_sid: str | None = None,
+        webhook_parameters: Mapping[str, str] | None = None,
+        connector: Callable[[], aiohttp.BaseConnector] | None = None,
     ) -> None:
+        """``voice_path`` may carry a query (signed with it, as Twilio does); ``webhook_parameters`` add to or
+        replace the inbound call's form (an outbound call's ``Direction``, ``AnsweredBy``); ``connector`` makes
+        the HTTP connector (TLS trust, name resolution) for the webhook and the stream."""
         self.server_url = server_url.rstrip("/")
         self.public_url = (public_url or server_url).rstrip("/")
         self.script = list(script)
@@ -106,10 +113,12 @@ class SimulatedCaller:
         self.from_number = from_number
         self.to_number = to_number
         self.voice_path = voice_path
+        self.webhook_parameters = dict(webhook_parameters or {})
+        self._connector = connector
         self.result = CallResult(
             started_at=time.monotonic(),
-            call_sid=new_sid("CA"),
-            account_sid=new_sid("AC"),
+            call_sid=call_sid or new_sid("CA"),
+            account_sid=account_sid or new_sid("AC"),
             stream_sid=new_sid("MZ"),
         )
         self.clock = PlaybackClock()
@@ -140,7 +149,8 @@ class SimulatedCaller:
         # The backstop: at ``timeout`` the caller hangs up politely (stop, close); this cancels whatever is left.
         deadline = asyncio.timeout(timeout + HANG_UP_GRACE_S)
         try:
-            async with deadline, aiohttp.ClientSession() as session:
+            connector = self._connector() if self._connector is not None else None
+            async with deadline, aiohttp.ClientSession(connector=connector) as session:
                 stream = await self._webhook(session)
                 if stream is not None:
                     await self._call(session, stream)
@@ -196,6 +206,7 @@ class SimulatedCaller:
         params = webhook_params(
             call_sid=r.call_sid, account_sid=r.account_sid, from_number=self.from_number, to_number=self.to_number
         )
+        params.update(self.webhook_parameters)
         headers = {"User-Agent": "TwilioProxy/1.1"}
         if self.auth_token is not None:
             signed_url = self.public_url + self.voice_path

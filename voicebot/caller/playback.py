@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import assert_never
 
 from voicebot.audio import BYTES_PER_SECOND, MULAW_SILENCE
-from voicebot.twilio_wire import OutboundEvent, OutClear, OutMark, OutMedia
+from voicebot.twilio.wire import OutboundEvent, OutClear, OutMark, OutMedia
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,11 +36,11 @@ class StreamTwiml:
     parameters: dict[str, str] = field(default_factory=dict)
 
     def problems(self) -> list[str]:
-        """What real Twilio would refuse about this stream URL (errors 31910 and 31920)."""
+        """What real Twilio would refuse about this stream URL (errors 31922 and 31920)."""
         parts = urlsplit(self.url)
         out = []
         if parts.scheme != "wss":
-            out.append(f"<Stream url> must be wss:// (Twilio error 31910), got {self.url}")
+            out.append(f"<Stream url> must be wss:// (Twilio error 31922, 'URL Schema Not Supported'), got {self.url}")
         if parts.query:
             out.append(f"<Stream url> must not have a query string (Twilio error 31920): {self.url}")
         return out

@@ -8,10 +8,13 @@ from typing import Any
 
 from aiohttp import web
 
+from .cartesia import CartesiaService
 from .common import Runtime
 from .config import EmulatorConfig
+from .deepgram_speak import SpeakSocketService
 from .deepgram_stt import SttService
 from .deepgram_tts import TtsService
+from .elevenlabs import ElevenLabsService
 from .log import Event, EventLog, Predicate, Service
 from .openai_chat import LlmService
 from .twilio_rest import TwilioService
@@ -21,7 +24,7 @@ SHUTDOWN_TIMEOUT_S = 2.0
 
 
 class Emulators:
-    """Deepgram STT + TTS, OpenAI chat and Twilio REST, one aiohttp app, with knobs and an event log."""
+    """Deepgram STT + TTS (REST and socket), ElevenLabs, Cartesia, OpenAI chat and Twilio REST: one aiohttp app."""
 
     def __init__(self, config: EmulatorConfig | None = None) -> None:
         self.config = config or EmulatorConfig()
@@ -30,6 +33,10 @@ class Emulators:
         cfg = self.config
         self.stt = SttService(cfg.stt, self._runtime, cfg.deepgram_key)
         self.tts = TtsService(cfg.tts, self._runtime, cfg.deepgram_key)
+        # The other voices share the Deepgram TTS knobs, faults and events: ``tts`` means "the voice", whichever.
+        self.speak_socket = SpeakSocketService(self.tts, self._runtime)
+        self.elevenlabs = ElevenLabsService(self.tts, self._runtime, cfg.elevenlabs_key)
+        self.cartesia = CartesiaService(self.tts, self._runtime, cfg.cartesia_key)
         self.llm = LlmService(cfg.llm, self._runtime, cfg.openai_key)
         self.twilio = TwilioService(cfg.twilio, self._runtime, cfg.twilio_account_sid, cfg.twilio_auth_token)
         self.base_url = ""
@@ -40,12 +47,20 @@ class Emulators:
         app = web.Application()
         app.router.add_get("/v1/listen", self.stt.handle)
         app.router.add_post("/v1/speak", self.tts.handle)
+        app.router.add_get("/v1/speak", self.speak_socket.handle)
+        app.router.add_post("/v1/text-to-speech/{voice_id}/stream", self.elevenlabs.handle)
+        app.router.add_get("/tts/websocket", self.cartesia.handle)
         app.router.add_post("/v1/chat/completions", self.llm.handle)
-        app.router.add_post("/2010-04-01/Accounts/{account_sid}/Calls/{call_sid}.json", self.twilio.handle)
+        account = "/2010-04-01/Accounts/{account_sid}"
+        app.router.add_post(account + "/Calls/{call_sid}.json", self.twilio.handle, name="call")
+        app.router.add_post(account + "/Calls.json", self.twilio.handle, name="calls")
+        app.router.add_get(account + "/IncomingPhoneNumbers.json", self.twilio.handle, name="numbers")
+        app.router.add_post(account + "/IncomingPhoneNumbers/{number_sid}.json", self.twilio.handle, name="number")
         app.on_shutdown.append(self._on_shutdown)
         return app
 
     async def _on_shutdown(self, _app: web.Application) -> None:
+        await self.twilio.placer.shutdown()
         await self._runtime.shutdown()
 
     @property

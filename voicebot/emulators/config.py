@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import aiohttp
+
+from voicebot.caller.script import Say, Step, WaitForBotAudio, WaitForBotSilence
 
 DEFAULT_TRANSCRIPT = "I would like to know your opening hours."
 DEFAULT_TTS_MODEL = "aura-asteria-en"  # Deepgram's documented default when ``model`` is absent
@@ -35,7 +40,12 @@ class SttConfig:
 
 @dataclass
 class TtsConfig:
-    """Deepgram Aura REST TTS knobs."""
+    """TTS knobs, shared by every emulated voice (Aura REST and socket, ElevenLabs, Cartesia).
+
+    Latency model: ``ttfb_ms`` from request (REST), Flush (Aura socket) or context (Cartesia) to the first audio
+    byte, then audio at ``bytes_per_second`` (4x real time by default) in ``chunk_bytes`` pieces; an Aura socket
+    synthesises its texts one after another, the others in parallel.
+    """
 
     ttfb_ms: float = 150.0
     """Wall-clock time from request to the first audio byte."""
@@ -62,11 +72,63 @@ class LlmConfig:
 
 
 @dataclass
+class EmulatedNumber:
+    """A phone number on the emulated account (an IncomingPhoneNumber), as the REST API shows it."""
+
+    phone_number: str
+    sid: str = ""
+    friendly_name: str = ""
+    voice_url: str = ""
+    voice_method: str = "POST"
+    voice_application_sid: str | None = None
+    trunk_sid: str | None = None
+    status_callback: str = ""
+    status_callback_method: str = "POST"
+
+    def __post_init__(self) -> None:
+        digits = "".join(ch for ch in self.phone_number if ch.isdigit())
+        self.sid = self.sid or "PN" + digits.rjust(32, "0")[-32:]
+        self.friendly_name = self.friendly_name or self.phone_number
+
+
+CalleeScript = Callable[[], list[Step]]
+
+
+def human_callee_script() -> list[Step]:
+    """The default person who answers: hears the greeting out, asks one thing, stays on until the bot hangs up."""
+    return [WaitForBotAudio(15.0), WaitForBotSilence(15.0, 700), Say("hours")]
+
+
+@dataclass
+class Callee:
+    """Who answers an outbound call the emulator places (``Calls.json``), chosen per test."""
+
+    answered_by: str = "human"
+    """``human`` or an AMD verdict (``machine_end_beep``, ``machine_start``, ``fax``, ...): what AMD reports.
+    ``no-answer``, ``busy`` and ``failed`` end the call unanswered with that status."""
+    script: CalleeScript = human_callee_script
+    """What the callee does once the stream is up (a fresh list per call)."""
+    ring_ms: float = 0.0
+    """Wall-clock time between ``ringing`` and the answer."""
+    timeout_s: float = 30.0
+    """Longest call; the callee hangs up after it."""
+
+
+@dataclass
 class TwilioConfig:
-    """Twilio REST knobs (nothing but faults so far; kept for symmetry and future knobs)."""
+    """Twilio REST knobs: the account's numbers, who answers placed calls, how the emulator reaches the bot."""
 
     call_status_on_twiml: str = "in-progress"
     """``status`` returned when the update carries ``Twiml`` rather than ``Status``."""
+    numbers: list[EmulatedNumber] = field(default_factory=lambda: [EmulatedNumber("+15550100002")])
+    verified_caller_ids: list[str] = field(default_factory=list)
+    """Caller ids besides the account's numbers accepted as ``From``."""
+    callee: Callee = field(default_factory=Callee)
+    reach: dict[str, str] = field(default_factory=dict)
+    """Public origin (``https://bot.example.com``) -> where the emulator really connects (``http://127.0.0.1:N``),
+    as a tunnel or DNS would; unlisted origins are connected to as they are."""
+    connector: Callable[[], aiohttp.BaseConnector] | None = None
+    """Makes the HTTP connector for webhooks, callbacks and streams (e.g. one trusting a test CA)."""
 
 
 @dataclass
@@ -77,6 +139,8 @@ class EmulatorConfig:
     openai_key: str | None = None
     twilio_account_sid: str | None = None
     twilio_auth_token: str | None = None
+    elevenlabs_key: str | None = None
+    cartesia_key: str | None = None
     stt: SttConfig = field(default_factory=SttConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
     llm: LlmConfig = field(default_factory=LlmConfig)

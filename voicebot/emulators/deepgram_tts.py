@@ -7,7 +7,7 @@ import asyncio
 import functools
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import orjson
@@ -23,7 +23,15 @@ _PEAK = 9000.0  # about -11 dBFS: clearly voiced for an energy VAD, far from cli
 _MIN_LEVEL = 0.25  # the syllable envelope never falls below this, so there are no runs of 0xFF silence
 _TWO_PI = 2 * math.pi
 
-_ERROR_CODES = {400: "INVALID_QUERY_PARAMETER", 401: "INVALID_AUTH", 429: "TOO_MANY_REQUESTS"}
+_ERROR_CODES = {
+    400: "INVALID_QUERY_PARAMETER",
+    401: "INVALID_AUTH",
+    413: "PAYLOAD_TOO_LARGE",
+    429: "TOO_MANY_REQUESTS",
+}
+MAX_TEXT_CHARS = 2000
+"""Deepgram's limit per request (and per Speak message on the socket)."""
+TEXT_TOO_LONG = f"text is longer than {MAX_TEXT_CHARS} characters"
 
 
 def synthesize(text: str, model: str = DEFAULT_TTS_MODEL, ms_per_char: float = DEFAULT_MS_PER_CHAR) -> bytes:
@@ -56,7 +64,9 @@ def _synthesize(text: str, model: str, ms_per_char: float) -> bytes:
 
 
 @dataclass(slots=True)
-class _Progress:
+class Progress:
+    """Audio bytes sent so far for one request."""
+
     sent: int = 0
 
 
@@ -68,6 +78,10 @@ class TtsService:
         self.faults = TtsFaults()
         self.key = key
         self._runtime = runtime
+
+    def audio(self, text: str, model: str) -> bytes:
+        """The audio every emulated voice speaks for ``text`` (the module's ``synthesize``, looked up per call)."""
+        return synthesize(text, model, self.config.ms_per_char)
 
     def ttfb_ms(self, text: str) -> float:
         """Time to first byte for ``text``: the first matching override, else the global knob."""
@@ -94,28 +108,36 @@ class TtsService:
             return _error(status, f"Injected error {status}.", request_id, faults.error_headers())
         text, problem = _validate(request.query, await request.read())
         if problem is not None:
-            log.append("tts", "rejected", status=400, request_id=request_id, error=problem)
-            return _error(400, problem, request_id)
+            status = 413 if problem is TEXT_TOO_LONG else 400
+            log.append("tts", "rejected", status=status, request_id=request_id, error=problem)
+            return _error(status, problem, request_id)
         assert text is not None
         model = request.query.get("model", DEFAULT_TTS_MODEL)
         log.append("tts", "request", request_id=request_id, text=text, model=model)
-        progress = _Progress()
-        response = web.StreamResponse(
-            headers={
-                "content-type": "audio/mulaw",
-                "dg-request-id": request_id,
-                "dg-model-name": model,
-                "dg-char-count": str(len(text)),
-            }
-        )
+        headers = {
+            "content-type": "audio/mulaw",
+            "dg-request-id": request_id,
+            "dg-model-name": model,
+            "dg-char-count": str(len(text)),
+        }
+        return await self.serve_audio(request, text, model, request_id, headers)
+
+    async def serve_audio(
+        self, request: web.Request, text: str, model: str, request_id: str, headers: Mapping[str, str]
+    ) -> web.StreamResponse:
+        """Stream ``text``'s audio as an HTTP body with the shared knobs: stall, time to first byte, pacing, drop."""
+        log = self._runtime.log
+        progress = Progress()
+        response = web.StreamResponse(headers=headers)
         try:
-            await wait_stall(faults.stall_s)
+            await wait_stall(self.faults.stall_s)
             await sleep_ms(self.ttfb_ms(text))
             audio = synthesize(text, model, self.config.ms_per_char)
             # Headers go out with the first audio byte, as the real service starts answering once it speaks.
             await response.prepare(request)
-            await self._stream(request, response, audio, request_id, progress)
+            await self.pace(audio, response.write, request_id, progress)
             if progress.sent < len(audio):
+                abort_connection(request)
                 return response  # dropped on purpose
             await response.write_eof()
         except ConnectionError:
@@ -128,15 +150,14 @@ class TtsService:
         log.append("tts", "complete", request_id=request_id, bytes=progress.sent)
         return response
 
-    async def _stream(
-        self,
-        request: web.Request,
-        response: web.StreamResponse,
-        audio: bytes,
-        request_id: str,
-        progress: _Progress,
+    async def pace(
+        self, audio: bytes, write: Callable[[bytes], Awaitable[object]], request_id: str, progress: Progress
     ) -> None:
-        """Write ``audio`` in chunks paced from a clock origin; ``progress.sent`` counts the bytes."""
+        """Write ``audio`` in chunks paced from a clock origin; ``progress.sent`` counts the bytes.
+
+        Stops early (``progress.sent < len(audio)``) when the ``drop_after_bytes`` fault is set: the caller drops
+        the connection then.
+        """
         log, config = self._runtime.log, self.config
         loop = asyncio.get_running_loop()
         drop_after = self.faults.drop_after_bytes
@@ -150,13 +171,12 @@ class TtsService:
                 if delay > 0:
                     await asyncio.sleep(delay)
             piece = audio[sent : min(sent + chunk, limit)]
-            await response.write(piece)
+            await write(piece)
             if sent == 0:
                 log.append("tts", "first_byte", request_id=request_id)
             progress.sent += len(piece)
         if progress.sent < len(audio):
             log.append("tts", "drop", request_id=request_id, bytes_sent=progress.sent)
-            abort_connection(request)
 
 
 def _validate(query: Mapping[str, str], body: bytes) -> tuple[str | None, str | None]:
@@ -178,6 +198,8 @@ def _validate(query: Mapping[str, str], body: bytes) -> tuple[str | None, str | 
     text = payload.get("text") if isinstance(payload, dict) else None
     if not isinstance(text, str) or not text.strip():
         return None, "text must not be empty"
+    if len(text) > MAX_TEXT_CHARS:
+        return None, TEXT_TOO_LONG
     return text, None
 
 

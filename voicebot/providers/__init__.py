@@ -1,1 +1,5 @@
-"""Provider clients behind small interfaces: speech-to-text, the language model, text-to-speech, telephony."""
+"""Provider clients behind the small interfaces in ``base.py``: speech-to-text, the language model, text-to-speech.
+
+May import the top-level plumbing only (settings, logs, errors, audio); never ``call``, ``twilio``, ``devpage``,
+``emulators`` or ``caller``: a provider knows nothing of calls.
+"""

@@ -90,7 +90,27 @@ class LanguageModel(Protocol):
 
 class TextToSpeech(Protocol):
     def synthesize(self, text: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        """Stream mu-law 8 kHz audio for ``text``; leaving the context aborts the request."""
+        """Stream mu-law 8 kHz audio for ``text``; leaving the context aborts the request.
+
+        An empty chunk means "synthesis of this text starts now" (a socket transport that serialises segments
+        sends it when the segment's turn comes): the caller restarts its first-byte deadline, nothing is played.
+        """
+        ...
+
+
+class TtsCall(Protocol):
+    """One call's voice: a socket per call for socket transports, the shared client for REST ones."""
+
+    def for_turn(self) -> TextToSpeech:
+        """The voice for one bot turn (a socket transport remembers per turn that it fell back to REST)."""
+        ...
+
+
+class Voice(TextToSpeech, Protocol):
+    """A TTS provider: ``synthesize`` for one-off audio (the fixed phrases), ``open_call`` for a call's turns."""
+
+    def open_call(self) -> AbstractAsyncContextManager[TtsCall]:
+        """Start the call's connection (in the background: entering does not wait for it); leaving closes it."""
         ...
 
 

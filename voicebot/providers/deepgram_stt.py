@@ -20,18 +20,23 @@ log = get_logger("voicebot.stt")
 PROVIDER = "deepgram_stt"
 
 
-def _translate(exc: BaseException) -> ProviderError:
+def translate_socket_error(provider: str, exc: BaseException) -> ProviderError:
+    """A deepgram-sdk socket error (refused upgrade, close frame, network) as a :class:`ProviderError`."""
     if isinstance(exc, ApiError):
         status = exc.status_code or 0
         # The SDK drops the server's body and dg-error header on a refused upgrade: only the status is known.
         return ProviderError(
-            PROVIDER, f"connection refused with HTTP {status}", transient=status >= 500 or status == 429, status=status
+            provider, f"connection refused with HTTP {status}", transient=status >= 500 or status == 429, status=status
         )
     if isinstance(exc, websockets.exceptions.ConnectionClosed):
         code = exc.rcvd.code if exc.rcvd else None
         reason = exc.rcvd.reason if exc.rcvd else ""
-        return ProviderError(PROVIDER, f"connection closed ({code} {reason[:80]})", transient=True, status=code)
-    return ProviderError(PROVIDER, f"{type(exc).__name__}: {exc}", transient=True)
+        return ProviderError(provider, f"connection closed ({code} {reason[:80]})", transient=True, status=code)
+    return ProviderError(provider, f"{type(exc).__name__}: {exc}", transient=True)
+
+
+def _translate(exc: BaseException) -> ProviderError:
+    return translate_socket_error(PROVIDER, exc)
 
 
 _SDK_ERRORS = (ApiError, websockets.exceptions.WebSocketException, OSError, TimeoutError)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 
 import httpx
 from deepgram import AsyncDeepgramClient
@@ -11,6 +11,7 @@ from deepgram.core.api_error import ApiError
 
 from voicebot.audio import SAMPLE_RATE
 from voicebot.errors import ProviderError
+from voicebot.providers.tts_common import SharedCall, shared_call
 
 PROVIDER = "deepgram_tts"
 
@@ -48,3 +49,6 @@ class DeepgramTts:
             translated = _translated(stream)
             async with aclosing(translated):
                 yield translated
+
+    def open_call(self) -> AbstractAsyncContextManager[SharedCall]:
+        return shared_call(self)

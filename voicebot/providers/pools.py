@@ -3,7 +3,7 @@
 Every HTTP client keeps one pool per process: httpx for Deepgram TTS, httpx2 inside the openai SDK, aiohttp for
 Twilio REST. A request that finds all of a pool's connections busy waits inside our process, and that wait is
 charged to the provider's first-byte deadline: a segment skipped or an apology played for no fault of the provider.
-So each limit is sized (in :mod:`voicebot.services`) from the call limit so that every call at its busiest has a
+So each limit is sized (in :mod:`voicebot.call.services`) from the call limit so that every call at its busiest has a
 connection, and the counts here are exported in ``/metrics`` so that a wait shows instead of hiding in a timeout.
 
 The counting does not read the pools' private state: a request is *in flight* from the moment it is handed to the

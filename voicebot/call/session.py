@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, assert_never
+from typing import assert_never
 
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from voicebot import twilio_wire as wire
-from voicebot.conversation import Conversation
+from voicebot.call.conversation import Conversation
+from voicebot.call.services import Services
+from voicebot.call.state import AppState
 from voicebot.errors import CallEnded, first_leaf
 from voicebot.logs import get_logger
-from voicebot.security import TokenError
+from voicebot.twilio import wire
+from voicebot.twilio.outbound import ContextError
+from voicebot.twilio.security import TokenError
 
-if TYPE_CHECKING:
-    from voicebot.server import AppState
-    from voicebot.services import Services
-
-log = get_logger("voicebot.session")
+log = get_logger("voicebot.call.session")
 
 MAX_LOGGED_PROTOCOL_ERRORS = 5
 """Per call; further malformed messages are only counted (a bad peer must not flood the log)."""
@@ -37,8 +36,12 @@ class CallSession:
         state: AppState,
         services: Services | None = None,
         transport: asyncio.BaseTransport | None = None,
+        *,
+        dev_token_only: bool = False,
     ) -> None:
         self.ws = ws
+        self.dev_token_only = dev_token_only
+        """An unsigned upgrade while Twilio signatures are checked: only a token minted by the dev page may open it."""
         self.transport = transport
         self.state = state
         self.services = services
@@ -46,6 +49,8 @@ class CallSession:
         self.settings = state.settings
         self.finished = asyncio.Event()
         self.start: wire.Start | None = None
+        self.context: str | None = None
+        """An outbound call's context, from the signed webhook URL (voicebot.twilio.outbound)."""
         self.end_reason = ""
         self.protocol_errors = 0
         self.media_frames = 0
@@ -98,6 +103,7 @@ class CallSession:
                         self.state.publish,
                         rest_hang_up=not self.state.is_dev_call(self.start.call_sid),
                         transport=self.transport,
+                        context=self.context,
                     )
                     tg.create_task(self.conversation.run(), name="conversation")
                 tg.create_task(self._receive_loop())
@@ -135,9 +141,16 @@ class CallSession:
                     break
         except TimeoutError:
             return await self._refuse("no_start", "no start message in time")
+        if self.dev_token_only and not self.state.is_dev_call(event.call_sid):
+            # A Twilio stream is always signed: an unsigned one is someone replaying a /voice token.
+            return await self._refuse("bad_token", "unsigned stream for a call the dev page did not place")
         try:
             self.state.tokens.redeem(event.custom_parameters.get("token"), event.call_sid)
         except TokenError as exc:
+            return await self._refuse("bad_token", str(exc), call_sid=event.call_sid)
+        try:
+            self.context = self.state.seal.open(event.call_sid, event.custom_parameters)
+        except ContextError as exc:
             return await self._refuse("bad_token", str(exc), call_sid=event.call_sid)
         return event
 

@@ -1,6 +1,6 @@
 """The local browser softphone: the page at ``/``, its dev-only call endpoint and its per-call event stream.
 
-The page (``voicebot/web/``) acts exactly like Twilio toward ``/media``; the server only has to hand it what the
+The page (``voicebot/devpage/web/``) acts exactly like Twilio toward ``/media``; the server only has to hand it what the
 ``/voice`` webhook would: a CallSid and a stream token. Everything here exists only when the page is enabled
 (by default only when the server is bound to loopback): a stream token is the right to spend provider credits.
 
@@ -19,19 +19,18 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
 
+from voicebot.access import is_direct_local
+from voicebot.call.state import STATE, AppState
 from voicebot.logs import get_logger
 from voicebot.settings import LOOPBACK_NAMES, Settings
 
-if TYPE_CHECKING:
-    from voicebot.server import AppState
-
-log = get_logger("voicebot.devpage")
+log = get_logger("voicebot.devpage.page")
 
 WEB_DIR = Path(__file__).with_name("web")
 CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
@@ -180,14 +179,23 @@ def _allowed_hosts(settings: Settings) -> frozenset[str]:
 
 
 def _app_state(app: web.Application) -> AppState:
-    from voicebot.server import STATE  # late: voicebot.server imports this module
-
     return app[STATE]
 
 
-def _check_host(request: web.Request) -> None:
-    """Refuse Host names we do not serve under: a DNS-rebinding page must not read a stream token."""
+def _check_access(request: web.Request, *, places_calls: bool) -> None:
+    """Answer only requests made directly on this machine, unless a setting opens the page (404 otherwise).
+
+    ``places_calls``: the endpoint mints stream tokens or shows a call's transcript; forcing the page on
+    (``VOICEBOT_DEV_PAGE=true``) is not enough for those, ``VOICEBOT_DEV_REMOTE_CALLS=true`` must say so too.
+    """
+    if is_direct_local(request):
+        return
     settings = _app_state(request.app).settings
+    opened = settings.dev_page is True and (settings.dev_remote_calls or not places_calls)
+    if not opened:
+        log.info("dev_request_refused", reason="not_direct_local", path=request.path[:100])
+        raise web.HTTPNotFound()  # not 403: do not advertise the dev endpoints to the internet
+    # Opened to other clients: still refuse Host names we do not serve under (a DNS-rebinding page).
     host = _hostname(request.host)
     if host in _allowed_hosts(settings) or host.startswith("127."):
         return
@@ -204,13 +212,13 @@ def _stream_url(request: web.Request, settings: Settings) -> str:
 
 async def page(request: web.Request) -> web.Response:
     """GET /: the softphone."""
-    _check_host(request)
+    _check_access(request, places_calls=False)
     return _static_response(request.app[_FILES], "index.html")
 
 
 async def static(request: web.Request) -> web.Response:
     """GET /static/{name}: the page's scripts and styles (a fixed set, loaded once)."""
-    _check_host(request)
+    _check_access(request, places_calls=False)
     return _static_response(request.app[_FILES], request.match_info["name"])
 
 
@@ -230,7 +238,7 @@ def _json(body: dict[str, Any], status: int = 200) -> web.Response:
 
 async def new_call(request: web.Request) -> web.Response:
     """POST /dev/call: what Twilio's webhook would give the stream (a CallSid and its token)."""
-    _check_host(request)
+    _check_access(request, places_calls=True)
     if request.headers.get(DEV_HEADER) != "1":
         raise web.HTTPForbidden(text=f"{DEV_HEADER}: 1 is required")
     state = _app_state(request.app)
@@ -257,7 +265,7 @@ async def new_call(request: web.Request) -> web.Response:
 
 async def events(request: web.Request) -> web.StreamResponse:
     """GET /dev/events?call_sid=CA…: the call's dev events as server-sent events, until ``call_ended``."""
-    _check_host(request)
+    _check_access(request, places_calls=True)
     hub = request.app[DEV_HUB]
     call_sid = request.query.get("call_sid", "")
     if not hub.is_dev_call(call_sid):
@@ -318,9 +326,16 @@ def add_dev_routes(app: web.Application, hub: CallEventHub) -> None:
     app[DEV_HUB] = hub
     app[_FILES] = load_web_files()
     settings = _app_state(app).settings
-    if not settings.is_loopback:
-        # Whoever reaches this address can mint stream tokens, i.e. place calls on your provider accounts.
-        log.warning("dev_page_exposed", host=settings.host)
+    if settings.dev_page is True:
+        # Forced on: whoever reaches the server sees the page; with dev_remote_calls they can also mint stream
+        # tokens, i.e. place calls on your provider accounts.
+        log.warning(
+            "dev_page_forced",
+            host=settings.host,
+            remote_calls=settings.dev_remote_calls,
+            detail="the softphone page answers every client, not only this machine"
+            + ("; remote clients can place calls" if settings.dev_remote_calls else ""),
+        )
     app.router.add_get("/", page)
     app.router.add_get("/static/{name}", static)
     app.router.add_post("/dev/call", new_call)

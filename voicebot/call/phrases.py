@@ -10,7 +10,7 @@ from voicebot.errors import ProviderError
 from voicebot.logs import get_logger
 from voicebot.providers.base import TextToSpeech
 
-log = get_logger("voicebot.phrases")
+log = get_logger("voicebot.call.phrases")
 
 PHRASE_TIMEOUT_S = 15.0
 MAX_PHRASE_BYTES = 8000 * 60  # one minute of audio: a fixed phrase longer than that is a configuration mistake

@@ -11,9 +11,9 @@ import time
 
 from aiohttp import WSMsgType, web
 
-from voicebot import twilio_wire as wire
+from voicebot.call.playout import PlayoutLedger
 from voicebot.errors import CallEnded
-from voicebot.playout import PlayoutLedger
+from voicebot.twilio import wire
 
 OUTBOUND_BUFFER_LIMIT = 256 * 1024
 """Bytes waiting in our process for the Twilio socket; above this the writer waits (the kernel buffers the rest)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,19 +19,19 @@ import openai
 from aiohttp import web
 from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
 
-from voicebot.bot_turn import MAX_TTS_IN_FLIGHT
+from voicebot.call.bot_turn import MAX_TTS_IN_FLIGHT
+from voicebot.call.phrases import PhraseCache
 from voicebot.logs import get_logger
 from voicebot.metrics import Metrics
-from voicebot.phrases import PhraseCache
-from voicebot.providers.base import LanguageModel, SpeechToText, Telephony, TextToSpeech
+from voicebot.providers.base import LanguageModel, SpeechToText, Telephony, Voice
 from voicebot.providers.deepgram_stt import DeepgramStt
-from voicebot.providers.deepgram_tts import DeepgramTts
 from voicebot.providers.openai_llm import OpenAiChat
 from voicebot.providers.pools import PoolUse, aiohttp_session, httpx2_transport, httpx_transport
-from voicebot.providers.twilio_rest import TwilioRest
+from voicebot.providers.voices import open_voice
 from voicebot.settings import Settings
+from voicebot.twilio.rest import TwilioRest
 
-log = get_logger("voicebot.services")
+log = get_logger("voicebot.call.services")
 
 KEEPALIVE_S = 120.0
 CONNECT_TIMEOUT_S = 3.0
@@ -54,7 +55,7 @@ DEFAULT_SYSTEM_PROMPT = "You are a friendly, concise phone assistant. Answer in 
 class Services:
     stt: SpeechToText
     llm: LanguageModel
-    tts: TextToSpeech
+    tts: Voice
     telephony: Telephony | None
     phrases: PhraseCache
     system_prompt: str
@@ -128,7 +129,8 @@ def services_context(settings: Settings, metrics: Metrics) -> Callable[[web.Appl
             )
         else:
             log.warning("twilio_rest_not_configured", effect="calls end by closing the stream, not via the REST API")
-        tts = DeepgramTts(deepgram, model=settings.deepgram_tts_model)
+        stack = AsyncExitStack()
+        tts = await stack.enter_async_context(open_voice(settings, deepgram, tts_pool))
         phrases = PhraseCache(tts)
         app[SERVICES] = Services(
             stt=DeepgramStt(
@@ -160,6 +162,7 @@ def services_context(settings: Settings, metrics: Metrics) -> Callable[[web.Appl
             await llm_client.close()
             await dg_http.aclose()
             await http.close()
+            await stack.aclose()
 
     return context
 

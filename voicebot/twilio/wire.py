@@ -136,7 +136,7 @@ def _payload(media: Mapping[str, Any]) -> bytes:
         raise WireError("media 'payload' must be a base64 string")
     try:
         return binascii.a2b_base64(value, strict_mode=True)
-    except binascii.Error as exc:
+    except (binascii.Error, ValueError) as exc:  # ValueError: a non-ASCII str (found by hypothesis: "\x80")
         raise WireError(f"media 'payload' is not valid base64: {exc}") from None
 
 

@@ -15,20 +15,13 @@ from typing import Any
 
 from aiohttp import web
 
-from voicebot import twilio_wire as wire
-from voicebot import twiml
 from voicebot.audio import BYTES_PER_SECOND, FRAME_BYTES
-from voicebot.audio_out import CallAudioOut
-from voicebot.bot_turn import BotTurn, TurnResult, TurnTiming
-from voicebot.errors import CallEnded, ProviderError, first_leaf
-from voicebot.logs import get_logger
-from voicebot.metrics import Metrics
-from voicebot.playout import HeardText, PlayoutLedger, UnknownMark, parse_mark_name
-from voicebot.providers.base import Message, SpeechStarted, SttEvent, SttStream, Transcript, UtteranceEnd
-from voicebot.services import TRANSFER_TEXT, Services
-from voicebot.settings import Settings
-from voicebot.transcript import TranscriptWriter
-from voicebot.turns import (
+from voicebot.call.audio_out import CallAudioOut
+from voicebot.call.bot_turn import BotTurn, TurnResult, TurnTiming
+from voicebot.call.playout import HeardText, PlayoutLedger, UnknownMark, parse_mark_name
+from voicebot.call.services import TRANSFER_TEXT, Services
+from voicebot.call.transcript import TranscriptWriter
+from voicebot.call.turns import (
     Action,
     CancelTurn,
     Clear,
@@ -40,9 +33,24 @@ from voicebot.turns import (
     TurnConfig,
     TurnTaking,
 )
-from voicebot.vad import FrameVad
+from voicebot.call.vad import FrameVad
+from voicebot.errors import CallEnded, ProviderError, first_leaf
+from voicebot.logs import get_logger
+from voicebot.metrics import Metrics
+from voicebot.providers.base import (
+    Message,
+    SpeechStarted,
+    SttEvent,
+    SttStream,
+    TextToSpeech,
+    Transcript,
+    TtsCall,
+    UtteranceEnd,
+)
+from voicebot.settings import Settings
+from voicebot.twilio import twiml, wire
 
-log = get_logger("voicebot.conversation")
+log = get_logger("voicebot.call.conversation")
 
 STT_AUDIO_MAX_BYTES = 2 * BYTES_PER_SECOND
 """2 s of caller audio waiting for the STT socket; on overflow the oldest audio is dropped (live audio wins)."""
@@ -63,6 +71,7 @@ STT_WATCHDOG_PERIOD_S = 0.5
 SHUTDOWN_GOODBYE_TIMEOUT_S = 10.0
 PLAYOUT_WATCHDOG_PERIOD_S = 0.5
 HANG_UP_TIMEOUT_S = 10.0
+CONTEXT_INTRO = "\n\nYou placed this call. What it is about: "
 INTERRUPTED_SUFFIX = " —"
 """Appended to an interrupted reply in the model's history: the caller stopped hearing it there."""
 
@@ -104,6 +113,7 @@ class Conversation:
         *,
         rest_hang_up: bool = True,
         transport: asyncio.BaseTransport | None = None,
+        context: str | None = None,
     ) -> None:
         self.settings = settings
         self.services = services
@@ -127,6 +137,10 @@ class Conversation:
         self.vad = FrameVad()
         self.history: list[Message] = []
         self.transcript = TranscriptWriter(settings.transcript_dir, start.call_sid)
+        self.system_prompt = services.system_prompt
+        if context is not None:  # an outbound call's context (voicebot.twilio.outbound), from a signed webhook
+            self.system_prompt += CONTEXT_INTRO + context
+            self.transcript.write("context", text=context)
         self.tools = [END_CALL_TOOL] + ([TRANSFER_TOOL] if settings.transfer_number else [])
         self._gen = 0
         self._turn: BotTurn | None = None
@@ -146,6 +160,7 @@ class Conversation:
         self._last_stt_send = time.monotonic()
         self._stt_silent_since: float | None = None  # first VAD speech frame not yet answered by any STT message
         self._tg: asyncio.TaskGroup | None = None
+        self._voice: TtsCall | None = None
         self._ending = False
         self.turns_completed = 0
         self.barge_ins = 0
@@ -155,7 +170,9 @@ class Conversation:
     async def run(self) -> None:
         """Greet, then listen and answer until the call ends (raises CallEnded when the bot hangs up)."""
         try:
-            async with asyncio.TaskGroup() as tg:
+            # The call's voice first: a socket transport starts connecting now, without delaying the greeting.
+            async with self.services.tts.open_call() as voice, asyncio.TaskGroup() as tg:
+                self._voice = voice
                 self._tg = tg
                 self._start_fixed(self.settings.greeting, interruptible=True, grace_ms=self.settings.barge_in_grace_ms)
                 tg.create_task(self._control(), name="control")
@@ -395,14 +412,14 @@ class Conversation:
             await self._cancel_turn("new_reply")
         self.history.append({"role": "user", "content": reply.text})
         self.transcript.write("user", text=reply.text)
-        messages: list[Message] = [{"role": "system", "content": self.services.system_prompt}, *self.history]
+        messages: list[Message] = [{"role": "system", "content": self.system_prompt}, *self.history]
         timing = TurnTiming(speech_end=reply.speech_end, stt_final=reply.final_at)
         apology = (self.settings.apology, self.services.phrases.cached(self.settings.apology))
         self._start_turn(
             BotTurn(
                 self._next_gen(),
                 self.out,
-                tts=self.services.tts,
+                tts=self._turn_voice(),
                 llm=self.services.llm,
                 messages=messages,
                 tools=self.tools,
@@ -415,6 +432,9 @@ class Conversation:
 
     # --- bot turns ---------------------------------------------------------------------------------------------
 
+    def _turn_voice(self) -> TextToSpeech:
+        return self._voice.for_turn() if self._voice is not None else self.services.tts
+
     def _next_gen(self) -> int:
         self._gen += 1
         self.out.current_gen = self._gen
@@ -425,7 +445,7 @@ class Conversation:
         turn = BotTurn(
             self._next_gen(),
             self.out,
-            tts=self.services.tts,
+            tts=self._turn_voice(),
             fixed=(text, self.services.phrases.cached(text)),
             on_first_media=self._on_first_media,
         )
@@ -505,7 +525,7 @@ class Conversation:
     async def _say(self, text: str) -> None:
         """Play a fixed phrase to the end (non-interruptible), inside the current task."""
         turn = BotTurn(
-            self._next_gen(), self.out, tts=self.services.tts, fixed=(text, self.services.phrases.cached(text))
+            self._next_gen(), self.out, tts=self._turn_voice(), fixed=(text, self.services.phrases.cached(text))
         )
         self._turn = turn
         self.machine.bot_started(time.monotonic(), interruptible=False)

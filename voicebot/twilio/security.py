@@ -19,7 +19,8 @@ import time
 from collections.abc import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
-TOKEN_PREFIX = "vbt1"
+from voicebot.logs import TOKEN_PREFIX  # one definition: the log redactor recognises tokens by it
+
 TOKEN_TTL_S = 60.0
 """Twilio opens the stream within a second or two of fetching the TwiML; a minute leaves room for slow setups."""
 _NONCE_BYTES = 12

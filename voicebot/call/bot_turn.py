@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from voicebot.audio import BYTES_PER_SECOND
-from voicebot.chunker import TextChunker
+from voicebot.call.chunker import TextChunker
+from voicebot.call.playout import HeardText, Segment, heard_text, mark_name
 from voicebot.errors import ProviderError
 from voicebot.logs import get_logger
-from voicebot.playout import HeardText, Segment, heard_text, mark_name
 from voicebot.providers.base import LanguageModel, Message, TextDelta, TextToSpeech, ToolCall
 
 log = get_logger("voicebot.turn")
@@ -271,6 +271,10 @@ class BotTurn:
                     async with asyncio.timeout(TTS_FIRST_BYTE_TIMEOUT_S) as deadline:
                         async with self._tts.synthesize(segment.text) as chunks:
                             async for chunk in chunks:
+                                if not chunk:
+                                    # A socket transport starts this segment only now (it serialises synthesis).
+                                    deadline.reschedule(loop.time() + TTS_FIRST_BYTE_TIMEOUT_S)
+                                    continue
                                 if self.timing.tts_first_byte is None:
                                     self.timing.tts_first_byte = time.monotonic()
                                 deadline.reschedule(loop.time() + TTS_CHUNK_TIMEOUT_S)
@@ -314,6 +318,11 @@ class BotTurn:
             if copied:
                 self.segments.append(Segment(segment.text, self._current_start, len(self.timeline)))
                 self._points.append(_MarkPoint(len(self.timeline), segment.index))
+            elif not segment.failed and self.segments:
+                # No audio of its own but no failure: a socket transport coalesced it into the previous segment's
+                # synthesis (deepgram_tts_ws), so that audio speaks this text too.
+                last = self.segments[-1]
+                self.segments[-1] = Segment(f"{last.text} {segment.text}", last.start, last.end)
         fallback_audio = self._fallback[1] if self._fallback is not None else None
         if not self.segments and self.failures and self._fallback is not None and fallback_audio:
             # Every segment failed (TTS down for the whole turn): say the cached apology rather than nothing.
