@@ -131,8 +131,9 @@ class Bench:
                 cwd = self.args.baseline.resolve()
                 env |= {"PYTHONPATH": str(cwd), "VOICEBOT_TRANSCRIPT_DIR": str(self.transcripts_base)}
             argv, core = [PY, "-m", "voicebot"], SERVER_CORE
-            if self.args.server_workers > 1:  # the whole machine: calls per machine, not per core
-                argv, core = [*argv, "--workers", str(self.args.server_workers)], f"{SERVER_CORE},{LOAD_CORE}"
+            workers = getattr(self.args, "server_workers", 1)  # bench_voices.py builds its own args
+            if workers > 1:  # the whole machine: calls per machine, not per core
+                argv, core = [*argv, "--workers", str(workers)], f"{SERVER_CORE},{LOAD_CORE}"
             proc = await self.procs.start(kind, argv, core, env, cwd=cwd)
             await wait_http(f"http://127.0.0.1:{port}/healthz", lambda s, t: s == 200 and '"ok"' in t, 60)
             await asyncio.sleep(1.0)  # the fixed phrases are synthesised at startup
