@@ -68,6 +68,20 @@ def _pymalloc_stats() -> str:
     return "; ".join(" ".join(line.split()) for line in lines if line.startswith(keep))
 
 
+def _mappings() -> str:
+    """/proc/self/smaps_rollup, and the ten largest mappings by Rss (address range, Rss kB, what is mapped)."""
+    rollup = " ".join(Path("/proc/self/smaps_rollup").read_text().split()[2:40])
+    maps: list[tuple[int, str]] = []
+    head = ""
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if not line[0].isupper():
+            head = line
+        elif line.startswith("Rss:"):
+            maps.append((int(line.split()[1]), " ".join(head.split()[i] for i in (0, -1)) if head.split() else head))
+    maps.sort(reverse=True)
+    return f"rollup {rollup}; largest {maps[:10]}; mappings {len(maps)}"
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
@@ -76,7 +90,7 @@ def main() -> None:
     def dump(_sig: int, _frame: FrameType | None) -> None:
         nonlocal count
         gc.collect()
-        text = f"rss_kib {_rss_kib()} mallinfo {_mallinfo()}\npymalloc {_pymalloc_stats()}\n"
+        text = f"rss_kib {_rss_kib()} mallinfo {_mallinfo()}\npymalloc {_pymalloc_stats()}\n{_mappings()}\n"
         if trim:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
             libc.malloc_trim(0)
