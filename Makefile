@@ -7,7 +7,7 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 LINT_PATHS := voicebot tests $(wildcard scripts)
 
-.PHONY: run test lint typecheck pytest emulators demo bench bench-voices clean
+.PHONY: run test lint typecheck pytest emulators demo bench bench-turns bench-voices clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ bench: $(STAMP_RUN)
 	$(PIP) install py-spy
 	bash scripts/install_pipecat.sh
 	$(BIN)/python scripts/bench.py $(ARGS)
+
+## End of speech -> first bot audio: today's listening, preemptive generation, Flux, Flux + eager (about 9 min).
+bench-turns: $(STAMP_RUN)
+	$(BIN)/python scripts/bench_turns.py $(ARGS)
 
 ## The voices side by side (about 6 min): Aura REST and socket, ElevenLabs, Cartesia; ARGS="--smoke" checks it.
 bench-voices: $(STAMP_RUN)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the deployment-kit tests run (Debian 12's own versions, the ones deploy/ is written for):
 #   caddy            tests/test_caddy.py puts a real Caddy (2.6.2) in front of the bot
-#   nginx, openssl   tests/test_deploy.py checks deploy/nginx-voicebot.conf with `nginx -t`
+#   nginx, openssl   tests/test_nginx.py puts a real nginx (1.22.1) with deploy/nginx-voicebot.conf in front of the
+#                    bot (a throwaway openssl certificate); tests/test_deploy.py runs `nginx -t` on the site
 #   systemd          tests/test_deploy.py runs `systemd-analyze verify` and `security --offline=yes` on the unit
 # Nothing is started. Idempotent; .ci/run calls it before `make test`.
 set -euo pipefail

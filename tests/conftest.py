@@ -47,6 +47,8 @@ def make_settings(**overrides: Any) -> Settings:
         "deepgram_base_url": "http://127.0.0.1:9",
         "openai_base_url": "http://127.0.0.1:9/v1",
         "twilio_api_base_url": "http://127.0.0.1:9",
+        # Speculative replies pop the LLM emulator's script too: tests that script replies opt in (test_preemptive).
+        "preemptive_generation": False,
     }
     base.update(overrides)
     return Settings.model_validate({k: v for k, v in base.items() if v is not None})
@@ -111,7 +113,7 @@ def voice(request: pytest.FixtureRequest) -> VoiceCase:
 @pytest.fixture
 async def start_world(
     emulators: Emulators, start_server: ServerFactory, tmp_path: Path, voice: VoiceCase
-) -> Callable[..., Awaitable[World]]:
+) -> AsyncIterator[Callable[..., Awaitable[World]]]:
     async def factory(**overrides: Any) -> World:
         settings: dict[str, Any] = {
             "deepgram_base_url": emulators.base_url,
@@ -130,7 +132,10 @@ async def start_world(
             await server.app[SERVICES].phrases.warmed.wait()
         return world
 
-    return factory
+    yield factory
+    # Every LLM request of every conversation test was a valid message sequence (the real API would refuse it).
+    invalid = emulators.select("llm", "invalid_messages")
+    assert invalid == [], [e.data for e in invalid]
 
 
 @pytest.fixture

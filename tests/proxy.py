@@ -1,7 +1,9 @@
-"""Debian's Caddy in front of a test bot: deploy/Caddyfile with ``tls internal`` on a loopback port.
+"""Debian's Caddy or nginx in front of a test bot: the shipped edge (deploy/) on loopback ports.
 
 The site is ``voicebot.test:PORT``; clients resolve that name to 127.0.0.1 with :class:`StaticResolver` (what DNS
-does on a VPS) and trust Caddy's local root certificate explicitly (never the system store: ``skip_install_trust``).
+does on a VPS) and trust the edge's certificate explicitly, never the system store: Caddy's local root
+(``tls internal``, ``skip_install_trust``) or a throwaway self-signed certificate that openssl makes for nginx.
+:func:`whole_call` and :func:`check_exposure` drive the same call and the same probes through either edge.
 """
 
 from __future__ import annotations
@@ -12,19 +14,42 @@ import os
 import shutil
 import socket
 import ssl
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import orjson
+import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
+
+from tests.conftest import AUTH_TOKEN
+from tests.world import World
+from voicebot.caller import Say, SayWhileBotSpeaks, SimulatedCaller, WaitForBotAudio, WaitForBotSilence
+from voicebot.caller.twiml import webhook_params
+from voicebot.emulators import LlmReply, ToolCall
+from voicebot.twilio.security import twilio_signature
 
 REPO = Path(__file__).resolve().parent.parent
 CADDYFILE = REPO / "deploy" / "Caddyfile"
+NGINX_SITE = REPO / "deploy" / "nginx-voicebot.conf"
+SHIPPED_DOMAIN = "bot.example.com"
 SITE_NAME = "voicebot.test"
 READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
 CADDY = shutil.which("caddy")
+NGINX = shutil.which("nginx")
+OPENSSL = shutil.which("openssl")
+
+NUMBER = "+15550100002"
+CALLEE = "+15550109999"
+WAIT_S = 15.0
+CALL_S = 40.0
+LONG_REPLY = (
+    "Our opening hours are nine to six on every weekday. On Saturdays we open at ten and close at four. "
+    "On Sundays and public holidays we are closed all day. You can also reach us by email at any time."
+)
 
 
 class StaticResolver(AbstractResolver):
@@ -79,18 +104,24 @@ def caddyfile_for(upstream_port: int, https_port: int, http_port: int, data_dir:
 
 
 @dataclass
-class Caddy:
+class Edge:
+    """A proxy serving ``https://voicebot.test:PORT`` and the one certificate a client trusts to reach it."""
+
     public_url: str
-    root_cert: Path
-    log: list[dict[str, object]] = field(default_factory=list)
+    trusted_cert: Path
 
     def ssl_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.root_cert))
+        return ssl.create_default_context(cafile=str(self.trusted_cert))
 
     def connector(self) -> Callable[[], aiohttp.BaseConnector]:
         """A factory of connectors that reach the site the way Twilio would: by name, over verified TLS."""
         context = self.ssl_context()
         return lambda: aiohttp.TCPConnector(ssl=context, resolver=StaticResolver({SITE_NAME: "127.0.0.1"}))
+
+
+@dataclass
+class Caddy(Edge):
+    log: list[dict[str, object]] = field(default_factory=list)
 
 
 async def _tls_ready(https_port: int, context: ssl.SSLContext) -> None:
@@ -144,7 +175,152 @@ async def running_caddy(
             await _tls_ready(https_port, caddy.ssl_context())
         yield caddy
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-        await proc.wait()
+        await _stop(proc)
         await reader
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+    try:
+        async with asyncio.timeout(STOP_TIMEOUT_S):
+            await proc.wait()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
+def self_signed_certificate(directory: Path, name: str) -> Path:
+    """A throwaway certificate for ``name``, its own trust anchor, where certbot puts one: ``fullchain.pem`` and
+    ``privkey.pem`` in ``directory``. Returns the certificate (the file a client trusts)."""
+    cert, key = directory / "fullchain.pem", directory / "privkey.pem"
+    subprocess.run(
+        [OPENSSL or "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-days", "1", "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
+         "-keyout", str(key), "-out", str(cert)],
+        capture_output=True, check=True,
+    )  # fmt: skip
+    return cert
+
+
+def nginx_conf(workdir: Path, site: Path) -> Path:
+    """``nginx.conf`` for an unprivileged nginx: the site included inside ``http {}`` as Debian's nginx.conf does,
+    and every file nginx writes (pid, temp files; the error log is ``-e``) under ``workdir``."""
+    temp = "\n".join(
+        f"    {kind}_temp_path {workdir}/{kind}_temp;" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    conf = workdir / "nginx.conf"
+    conf.write_text(
+        f"pid {workdir}/nginx.pid;\nworker_processes 1;\nevents {{}}\n"
+        f"http {{\n    access_log off;\n{temp}\n    include {site};\n}}\n"
+    )
+    return conf
+
+
+def nginx_site_for(upstream_port: int, https_port: int, http_port: int, cert_dir: Path) -> str:
+    """deploy/nginx-voicebot.conf with the domain, the listen and upstream ports and the certificate filled in."""
+    site = NGINX_SITE.read_text()
+    for old, new in [
+        ("    listen [::]:80;\n", ""), ("    listen [::]:443 ssl;\n", ""),  # loopback only: no wildcard ports here
+        ("listen 80;", f"listen 127.0.0.1:{http_port};"), ("listen 443 ssl;", f"listen 127.0.0.1:{https_port} ssl;"),
+        (f"/etc/letsencrypt/live/{SHIPPED_DOMAIN}/", f"{cert_dir}/"), (SHIPPED_DOMAIN, SITE_NAME),
+        ("proxy_pass http://127.0.0.1:8080;", f"proxy_pass http://127.0.0.1:{upstream_port};"),
+    ]:  # fmt: skip
+        assert old in site, f"deploy/nginx-voicebot.conf no longer has {old!r}: update nginx_site_for"
+        site = site.replace(old, new)
+    return site
+
+
+@dataclass
+class Nginx(Edge):
+    http_url: str
+    error_log: Path
+
+
+@contextlib.asynccontextmanager
+async def running_nginx(upstream_port: int, https_port: int, workdir: Path) -> AsyncIterator[Nginx]:
+    """Debian's nginx, unprivileged and in the foreground, serving deploy/nginx-voicebot.conf on
+    ``https://voicebot.test:https_port`` (and its redirect on an http port) in front of ``127.0.0.1:upstream_port``."""
+    assert NGINX is not None
+    workdir.mkdir(parents=True, exist_ok=True)
+    http_port = free_port()
+    cert = await asyncio.to_thread(self_signed_certificate, workdir, SITE_NAME)
+    site = workdir / "site.conf"
+    site.write_text(nginx_site_for(upstream_port, https_port, http_port, workdir))
+    edge = Nginx(public_url(https_port), cert, f"http://{SITE_NAME}:{http_port}", workdir / "error.log")
+    proc = await asyncio.create_subprocess_exec(
+        NGINX, "-p", f"{workdir}/", "-e", str(edge.error_log), "-c", str(nginx_conf(workdir, site)),
+        "-g", "daemon off;", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        serving = asyncio.ensure_future(_tls_ready(https_port, edge.ssl_context()))
+        exited = asyncio.ensure_future(proc.wait())
+        done, _ = await asyncio.wait({serving, exited}, timeout=READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        for task in (serving, exited):
+            task.cancel()
+        await asyncio.gather(serving, exited, return_exceptions=True)
+        if serving not in done:
+            log = edge.error_log.read_text() if edge.error_log.exists() else ""
+            raise RuntimeError(f"nginx is not serving {edge.public_url} (exit {proc.returncode}): {log[-2000:]}")
+        yield edge
+    finally:
+        await _stop(proc)
+
+
+async def post_voice(edge: Edge, signed_url: str, token: str = AUTH_TOKEN) -> int:
+    """POST an inbound-call webhook to the edge's ``/voice``, signed over ``signed_url`` with ``token``."""
+    params = webhook_params(call_sid="CA" + "7" * 32, account_sid="AC" + "0" * 32, from_number=CALLEE, to_number=NUMBER)
+    headers = {"X-Twilio-Signature": twilio_signature(token, signed_url, params)}
+    async with (
+        aiohttp.ClientSession(connector=edge.connector()()) as http,
+        http.post(edge.public_url + "/voice", data=params, headers=headers) as resp,
+    ):
+        return resp.status
+
+
+async def check_exposure(edge: Edge) -> None:
+    """Through the edge only Twilio gets in: the webhook answers when signed with the auth token over the public
+    https URL; a forged signature, one computed over ``http://``, an unsigned stream or status callback get 403;
+    metrics, health detail and the dev page are not there (404)."""
+    assert await post_voice(edge, edge.public_url + "/voice") == 200
+    assert await post_voice(edge, edge.public_url + "/voice", token="forged-" + AUTH_TOKEN) == 403
+    http_url = edge.public_url.replace("https://", "http://") + "/voice"
+    assert await post_voice(edge, http_url) == 403  # signed over http:// while the public URL is https://
+    async with aiohttp.ClientSession(connector=edge.connector()()) as http:
+        for method, path, status in [
+            ("GET", "/metrics", 404), ("GET", "/healthz", 404), ("GET", "/", 404), ("GET", "/static/app.js", 404),
+            ("POST", "/dev/call", 404), ("POST", "/twilio/status", 403),
+        ]:  # fmt: skip
+            async with http.request(method, edge.public_url + path, headers={"X-Voicebot-Dev": "1"}) as resp:
+                assert resp.status == status, (method, path, resp.status)
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await http.ws_connect(edge.public_url.replace("https://", "wss://") + "/media")
+        assert info.value.status == 403  # only Twilio opens streams, and it signs the upgrade
+
+
+async def whole_call(world: World, edge: Edge) -> None:
+    """One inbound call through the edge with the simulated caller: the webhook over https signed on the public
+    URL, TwiML pointing at ``wss://`` on the edge, media, marks, a clear from a barge-in, the bot's hang-up."""
+    emu = world.emu
+    emu.stt.script.extend(["When are you open?", "Wait, stop. Thanks, that is all, goodbye."])
+    emu.llm.script.extend(
+        [LONG_REPLY, LlmReply("Goodbye!", (ToolCall("end_call", {"reason": "caller said goodbye"}),))]
+    )
+    emu.llm.config.tokens_per_second = 10.0  # the long reply is still playing when the caller cuts in
+    emu.tts.config.bytes_per_second = 16000.0
+    script = [
+        WaitForBotAudio(WAIT_S), WaitForBotSilence(WAIT_S, 400),  # the greeting
+        Say("hours"), WaitForBotAudio(WAIT_S),
+        SayWhileBotSpeaks("question", after_ms=1500),  # cuts the long reply; the STT script says goodbye
+    ]  # fmt: skip
+    caller = SimulatedCaller(
+        edge.public_url, script, auth_token=AUTH_TOKEN, public_url=edge.public_url, connector=edge.connector()
+    )
+    result = await caller.run(timeout=CALL_S)
+    assert result.ok, result.format_timeline()
+    assert result.stream_url == edge.public_url.replace("https://", "wss://") + "/media"
+    assert result.events_of("ws_open")[0].detail == result.stream_url  # straight to the proxy, over TLS
+    assert len(result.events_of("clear_received")) == 1
+    assert len(result.events_of("mark_echoed")) >= 3
+    assert result.ended_by == "server_closed"  # the bot hung up: REST first, then the socket, through the proxy
+    assert [u.data["form"] for u in emu.twilio.updates] == [{"Status": "completed"}]

@@ -17,15 +17,25 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import AUTH_TOKEN
-from tests.proxy import CADDY, LOOPBACK_HOST_SITE, NAIVE_SITE, Caddy, free_port, public_url, running_caddy
+from tests.proxy import (
+    CADDY,
+    CALL_S,
+    CALLEE,
+    LOOPBACK_HOST_SITE,
+    NAIVE_SITE,
+    NUMBER,
+    Caddy,
+    check_exposure,
+    free_port,
+    post_voice,
+    public_url,
+    running_caddy,
+    whole_call,
+)
 from tests.world import World
 from voicebot import doctor
-from voicebot.caller import Say, SayWhileBotSpeaks, SimulatedCaller, WaitForBotAudio, WaitForBotSilence
-from voicebot.caller.twiml import webhook_params
 from voicebot.emulators import EmulatedNumber, LlmReply, ToolCall
 from voicebot.twilio import cli
-from voicebot.twilio.security import twilio_signature
 
 if CADDY is None and os.environ.get("VOICEBOT_REQUIRE_DEPLOY_TOOLS"):  # .ci/run sets it: there the test must run
     raise RuntimeError("VOICEBOT_REQUIRE_DEPLOY_TOOLS is set but caddy is not installed (scripts/install_edge.sh)")
@@ -34,15 +44,6 @@ pytestmark = [
     pytest.mark.skipif(CADDY is None, reason="caddy is not installed (bash scripts/install_edge.sh)"),
     pytest.mark.timeout(120),
 ]
-
-NUMBER = "+15550100002"
-CALLEE = "+15550109999"
-WAIT_S = 15.0
-CALL_S = 40.0
-LONG_REPLY = (
-    "Our opening hours are nine to six on every weekday. On Saturdays we open at ten and close at four. "
-    "On Sundays and public holidays we are closed all day. You can also reach us by email at any time."
-)
 
 
 @pytest.fixture
@@ -57,57 +58,11 @@ async def edge(start_world: Any, tmp_path: Path) -> AsyncIterator[tuple[World, C
 
 
 async def test_whole_call_through_caddy(edge: tuple[World, Caddy]) -> None:
-    world, caddy = edge
-    emu = world.emu
-    emu.stt.script.extend(["When are you open?", "Wait, stop, I have a different question.", "Thanks, goodbye."])
-    emu.llm.script.extend(
-        [
-            LONG_REPLY,
-            "Of course, what is your question?",
-            LlmReply("Goodbye!", (ToolCall("end_call", {"reason": "caller said goodbye"}),)),
-        ]
-    )
-    emu.llm.config.tokens_per_second = 10.0  # the long reply is still playing when the caller cuts in
-    emu.tts.config.bytes_per_second = 16000.0
-    script = [
-        WaitForBotAudio(WAIT_S), WaitForBotSilence(WAIT_S, 400),
-        Say("hours"), WaitForBotAudio(WAIT_S),
-        SayWhileBotSpeaks("question", after_ms=1500), WaitForBotAudio(WAIT_S), WaitForBotSilence(WAIT_S, 800),
-        Say("hours"),  # one breath (the "goodbye" clip can be heard as two utterances); the STT script says goodbye
-    ]  # fmt: skip
-    caller = SimulatedCaller(
-        caddy.public_url, script, auth_token=AUTH_TOKEN, public_url=caddy.public_url, connector=caddy.connector()
-    )
-    result = await caller.run(timeout=CALL_S)
-    assert result.ok, result.format_timeline()
-    assert result.stream_url == caddy.public_url.replace("https://", "wss://") + "/media"
-    assert result.events_of("ws_open")[0].detail == result.stream_url  # straight to the proxy, over TLS
-    assert len(result.events_of("clear_received")) == 1
-    assert len(result.events_of("mark_echoed")) >= 3
-    assert result.ended_by == "server_closed"  # the bot hung up: REST first, then the socket, through Caddy
-    assert [u.data["form"] for u in emu.twilio.updates] == [{"Status": "completed"}]
-
-
-async def post_voice(caddy: Caddy, signed_url: str, token: str = AUTH_TOKEN) -> int:
-    params = webhook_params(call_sid="CA" + "7" * 32, account_sid="AC" + "0" * 32, from_number=CALLEE, to_number=NUMBER)
-    headers = {"X-Twilio-Signature": twilio_signature(token, signed_url, params)}
-    async with (
-        aiohttp.ClientSession(connector=caddy.connector()()) as http,
-        http.post(caddy.public_url + "/voice", data=params, headers=headers) as resp,
-    ):
-        return resp.status
+    await whole_call(*edge)
 
 
 async def test_signatures_through_caddy(edge: tuple[World, Caddy]) -> None:
-    _, caddy = edge
-    assert await post_voice(caddy, caddy.public_url + "/voice") == 200
-    assert await post_voice(caddy, caddy.public_url + "/voice", token="forged-" + AUTH_TOKEN) == 403
-    http_url = caddy.public_url.replace("https://", "http://") + "/voice"
-    assert await post_voice(caddy, http_url) == 403  # signed over http:// while the public URL is https://
-    async with aiohttp.ClientSession(connector=caddy.connector()()) as http:
-        for path in ("/metrics", "/healthz", "/", "/twilio/status"):
-            async with http.request("GET" if path != "/twilio/status" else "POST", caddy.public_url + path) as resp:
-                assert resp.status == (403 if path == "/twilio/status" else 404), path
+    await check_exposure(edge[1])
 
 
 async def test_outbound_call_and_doctor_through_caddy(edge: tuple[World, Caddy]) -> None:

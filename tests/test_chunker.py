@@ -303,3 +303,28 @@ def test_segments_lose_and_duplicate_nothing(text: str, config: ChunkerConfig) -
 def test_segments_respect_max_chars_for_plain_words(words: list[str]) -> None:
     config = ChunkerConfig(first_min_chars=5, min_chars=15, max_chars=30)
     assert all(len(segment) <= config.max_chars for segment in chunk(" ".join(words), config))
+
+
+@pytest.mark.parametrize(
+    ("deltas", "released"),
+    [
+        (["Are you open on", " Sundays? "], ["Are you open on Sundays?"]),  # "? ": decided without the next word
+        (["Wow, that is great! "], ["Wow, that is great!"]),
+        (["Good question, let me see; "], ["Good question,"]),  # a clause mark and a space
+        (["We open at nine. "], []),  # a dot waits for the next word: "etc. and" is not a sentence end
+        (["We open at nine?"], []),  # no space yet: '?"' or "?x=1" could follow
+    ],
+)
+def test_a_sentence_is_released_as_soon_as_the_next_character_cannot_change_the_cut(
+    deltas: list[str], released: list[str]
+) -> None:
+    chunker = TextChunker()
+    assert [segment for delta in deltas for segment in chunker.feed(delta)] == released
+
+
+def test_an_early_cut_swallows_the_held_space() -> None:
+    chunker = TextChunker()
+    assert chunker.feed("Is it open? ") == []  # shorter than the first segment's minimum
+    assert chunker.feed("Yes, it is open today? ") == ["Is it open? Yes,"]
+    assert chunker.feed("\nNext line.") == ["it is open today?"]
+    assert chunker.flush() == ["Next line."]

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+import pytest
 
-from tests.voices import VoiceCase, all_voices
+from tests.voices import VOICES, VoiceCase
 from tests.world import World, audio_of, segments_of
 from voicebot.caller import CallResult, Dtmf, HangUp, Say, SayWhileBotSpeaks, WaitForBotAudio, WaitForBotSilence
 from voicebot.caller.script import Step
@@ -36,6 +37,34 @@ LONG_REPLY = (
 MEDIUM_REPLY = "Let me explain our pricing plans for you. The basic plan costs ten dollars a month and covers one line."
 
 
+LISTENING_MODES: dict[str, dict[str, Any]] = {"nova": {}, "flux": {"deepgram_stt_model": "flux-general-en"}}
+
+all_voices_and_flux = pytest.mark.parametrize(
+    ("voice", "listening"),
+    [*((name, "nova") for name in VOICES), ("deepgram_rest", "flux")],
+    indirect=["voice"],
+)
+"""Every voice listening through Nova, plus the default voice listening through Flux (/v2/listen): the two
+dimensions add up rather than multiply, so the suite's wall time stays modest."""
+
+
+@pytest.fixture
+def listening() -> str:
+    return "nova"
+
+
+@pytest.fixture
+def start_listening_world(start_world: Any, listening: str) -> Any:
+    """``start_world`` in the test's listening mode: Deepgram Nova (/v1/listen) or Deepgram Flux (/v2/listen)."""
+    mode = LISTENING_MODES[listening]
+
+    async def factory(**overrides: Any) -> World:
+        world: World = await start_world(**{**mode, **overrides})
+        return world
+
+    return factory
+
+
 def greeting_steps() -> list[Step]:
     return [WaitForBotAudio(WAIT_S), WaitForBotSilence(WAIT_S, quiet_ms=400)]
 
@@ -55,7 +84,7 @@ def llm_messages(emu: Emulators, index: int) -> list[dict[str, Any]]:
     return messages
 
 
-@all_voices
+@pytest.mark.parametrize("voice", list(VOICES), indirect=True)
 async def test_greeting_is_the_first_audio_and_comes_from_the_cache(start_world: Any) -> None:
     world: World = await start_world()
     tts_requests_before = len(world.emu.select("tts", "request"))
@@ -71,11 +100,11 @@ async def test_greeting_is_the_first_audio_and_comes_from_the_cache(start_world:
     assert result.media[0].t - start_sent.t < GREETING_FIRST_AUDIO_BOUND_S
 
 
-@all_voices
+@all_voices_and_flux
 async def test_reply_is_played_in_text_order_even_when_the_first_segment_is_slowest(
-    start_world: Any, voice: VoiceCase
+    start_listening_world: Any, voice: VoiceCase
 ) -> None:
-    world: World = await start_world()
+    world: World = await start_listening_world()
     segments = segments_of(FOUR_SENTENCES)
     assert len(segments) == 4, segments
     world.emu.stt.script.append("When are you open?")
@@ -100,9 +129,9 @@ async def test_reply_is_played_in_text_order_even_when_the_first_segment_is_slow
     assert all(requests[s].t < first_byte for s in segments[1:])
 
 
-@all_voices
-async def test_barge_in_clears_cancels_and_keeps_only_what_was_heard(start_world: Any) -> None:
-    world: World = await start_world()
+@all_voices_and_flux
+async def test_barge_in_clears_cancels_and_keeps_only_what_was_heard(start_listening_world: Any) -> None:
+    world: World = await start_listening_world()
     emu = world.emu
     emu.stt.script.extend(["Tell me about your pricing.", "Wait, stop, I have a different question."])
     emu.llm.script.extend([LONG_REPLY, "Of course, what is your question?"])
@@ -151,9 +180,9 @@ async def test_barge_in_clears_cancels_and_keeps_only_what_was_heard(start_world
     assert LONG_REPLY[len(heard_text)] == " "  # snapped to a whole word
 
 
-@all_voices
-async def test_backchannel_resumes_the_reply_without_asking_the_model(start_world: Any) -> None:
-    world: World = await start_world()
+@all_voices_and_flux
+async def test_backchannel_resumes_the_reply_without_asking_the_model(start_listening_world: Any) -> None:
+    world: World = await start_listening_world()
     emu = world.emu
     emu.stt.script.extend(["Tell me about your pricing.", "uh-huh"])
     emu.llm.script.append(MEDIUM_REPLY)
@@ -187,9 +216,9 @@ async def test_backchannel_resumes_the_reply_without_asking_the_model(start_worl
     assert result.bytes_dropped == dropped
 
 
-@all_voices
-async def test_hang_up_only_after_the_goodbye_has_played(start_world: Any) -> None:
-    world: World = await start_world()
+@all_voices_and_flux
+async def test_hang_up_only_after_the_goodbye_has_played(start_listening_world: Any) -> None:
+    world: World = await start_listening_world()
     emu = world.emu
     emu.stt.script.append("Thanks, goodbye.")
     emu.llm.script.append(LlmReply(tool_calls=(ToolCall("end_call", {"reason": "caller said goodbye"}),)))
@@ -239,8 +268,9 @@ async def test_dtmf_digits_reach_the_model(start_world: Any) -> None:
     assert "42" in last_user["content"]
 
 
-async def test_transcript_file_holds_what_was_said_and_heard(start_world: Any) -> None:
-    world: World = await start_world()
+@pytest.mark.parametrize("listening", sorted(LISTENING_MODES))
+async def test_transcript_file_holds_what_was_said_and_heard(start_listening_world: Any, listening: str) -> None:
+    world: World = await start_listening_world()
     world.emu.stt.script.append("When are you open?")
     world.emu.llm.script.append("We are open from nine to six.")
     result = await world.call(

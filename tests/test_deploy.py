@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.proxy import SHIPPED_DOMAIN, nginx_conf, self_signed_certificate
 from voicebot.call.conversation import SHUTDOWN_GOODBYE_TIMEOUT_S
 from voicebot.settings import CREDENTIAL_NAME, Settings, load_settings
 
@@ -99,28 +100,24 @@ def test_edges_expose_only_twilio_paths() -> None:
     assert {path for exact, path in locations if exact} == {"/voice", "/media", "/twilio/status"}
     for needed in ("proxy_http_version 1.1;", "proxy_set_header Upgrade $http_upgrade;", "X-Forwarded-Proto $scheme"):
         assert needed in nginx
+    # nginx inherits proxy_set_header into a location only if it sets none of its own (tests/test_nginx.py shows
+    # what goes wrong otherwise): every header is set once, at the server level.
+    for location in re.findall(r"^\s*location [^{]*\{[^}]*\}", nginx, re.MULTILINE):
+        assert "proxy_set_header" not in location, location
     timeout = re.search(r"proxy_read_timeout (\d+)s;", nginx)
     assert timeout and int(timeout.group(1)) > Settings().max_call_duration_s
 
 
 @needs_nginx
 def test_nginx_site_passes_nginx_t(tmp_path: Path) -> None:
-    """The site as Debian's nginx includes it (inside ``http {}``), with a throwaway certificate for the name."""
-    cert, key = tmp_path / "fullchain.pem", tmp_path / "privkey.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=bot.example.com",
-         "-keyout", str(key), "-out", str(cert)],
-        capture_output=True, check=True,
-    )  # fmt: skip
+    """The site as shipped (only the certificate is a throwaway one), included inside ``http {}`` as Debian does."""
+    self_signed_certificate(tmp_path, SHIPPED_DOMAIN)
     site = (DEPLOY / "nginx-voicebot.conf").read_text()
-    site = site.replace("/etc/letsencrypt/live/bot.example.com/", f"{tmp_path}/")
+    site = site.replace(f"/etc/letsencrypt/live/{SHIPPED_DOMAIN}/", f"{tmp_path}/")
     (tmp_path / "site.conf").write_text(site)
-    (tmp_path / "nginx.conf").write_text(
-        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
-        f"http {{\n    access_log off;\n    include {tmp_path}/site.conf;\n}}\n"
-    )
     done = subprocess.run(
-        ["nginx", "-t", "-q", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+        ["nginx", "-t", "-q", "-p", str(tmp_path), "-e", str(tmp_path / "error.log"),
+         "-c", str(nginx_conf(tmp_path, tmp_path / "site.conf"))],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

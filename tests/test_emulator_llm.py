@@ -203,3 +203,73 @@ async def test_default_config_is_realistic() -> None:
         request = emu.select("llm", "request")[-1]
         first = emu.select("llm", "first_token")[-1]
     assert first.t - request.t >= emu.config.llm.ttft_ms / 1000
+
+
+def _assistant_calls(*ids: str) -> dict[str, Any]:
+    calls = [{"id": i, "type": "function", "function": {"name": "lookup", "arguments": "{}"}} for i in ids]
+    return {"role": "assistant", "content": None, "tool_calls": calls}
+
+
+def _tool(call_id: str) -> dict[str, Any]:
+    return {"role": "tool", "tool_call_id": call_id, "content": "ok"}
+
+
+USER = {"role": "user", "content": "Hi"}
+INVALID_SEQUENCES: list[tuple[str, list[dict[str, Any]], str]] = [
+    ("a call without its tool message", [USER, _assistant_calls("call_a"), USER], "did not have response messages"),
+    ("one of two unanswered", [USER, _assistant_calls("a", "b"), _tool("a")], "did not have response messages: b"),
+    ("a tool message with no call", [USER, _tool("call_x")], "must be a response to a preceeding message"),
+    ("a tool message for another id", [USER, _assistant_calls("a"), _tool("b")], "must be a response"),
+    ("two answers to one id", [USER, _assistant_calls("a"), _tool("a"), _tool("a")], "must be a response"),
+    ("a user message between", [USER, _assistant_calls("a", "b"), _tool("a"), USER, _tool("b")], "did not have"),
+]
+
+
+@pytest.mark.parametrize(("case", "messages", "error"), INVALID_SEQUENCES, ids=[c[0] for c in INVALID_SEQUENCES])
+async def test_an_invalid_tool_sequence_is_refused_like_openai(
+    emu: Emulators, sdk: SdkClients, case: str, messages: list[dict[str, Any]], error: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        await chat(sdk.openai(), messages=messages, tools=TOOLS)
+    assert caught.value.status_code == 400
+    body: Any = caught.value.body
+    assert error in body["message"], body
+    assert body["type"] == "invalid_request_error"
+    assert body["param"].startswith("messages.[")
+    assert emu.llm.requests == []  # refused before it counts as a request
+    [refused] = emu.select("llm", "invalid_messages")
+    assert error in refused.data["error"]
+
+
+async def test_a_valid_tool_sequence_is_accepted(emu: Emulators, sdk: SdkClients) -> None:
+    messages = [USER, _assistant_calls("a", "b"), _tool("b"), _tool("a"), {"role": "assistant", "content": "Done."}]
+    await chat(sdk.openai(), messages=[*messages, USER], tools=TOOLS)
+    assert len(emu.llm.requests) == 1
+    assert emu.select("llm", "invalid_messages") == []
+
+
+async def test_several_tool_calls_per_reply_and_multi_round_replies(emu: Emulators, sdk: SdkClients) -> None:
+    emu.llm.script.extend(
+        [
+            LlmReply("Let me check.", [ToolCall("hours", {"day": "monday"}), ToolCall("weather", '{"city": "Oslo"}')]),
+            LlmReply(tool_calls=[ToolCall("book", {"time": "19:00"}, id="call_book")]),
+            "All done.",
+        ]
+    )
+    client = sdk.openai()
+    first = await chat(client, tools=TOOLS)
+    heads = [d for c in first for d in c.choices[0].delta.tool_calls or [] if d.id]
+    assert [(d.index, d.function.name) for d in heads] == [(0, "hours"), (1, "weather")]
+    assert heads[0].id != heads[1].id
+    history = [*MESSAGES, _assistant_calls(heads[0].id, heads[1].id), _tool(heads[0].id), _tool(heads[1].id)]
+    second = await chat(client, messages=history, tools=TOOLS)
+    [head] = [d for c in second for d in c.choices[0].delta.tool_calls or [] if d.id]
+    assert head.id == "call_book"
+    assert text_of(second) == ""
+    history += [_assistant_calls("call_book"), _tool("call_book")]
+    assert text_of(await chat(client, messages=history, tools=TOOLS)) == "All done."
+
+
+async def test_default_reply_reads_a_tool_result(emu: Emulators, sdk: SdkClients) -> None:
+    messages = [USER, _assistant_calls("a"), {"role": "tool", "tool_call_id": "a", "content": "Open until six."}]
+    assert "Open until six." in text_of(await chat(sdk.openai(), messages=messages))

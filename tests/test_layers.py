@@ -89,6 +89,8 @@ def layer_violations(graph: Mapping[str, Iterable[str]]) -> list[str]:
                 rule = "the edge, the call and the providers never import the dev page, emulators or caller"
             elif _in(module, "voicebot.providers") and _in(target, "voicebot.call", "voicebot.twilio"):
                 rule = "providers never import the call or the edge"
+            elif _in(module, "voicebot.tools") and _in(target, "voicebot.call", "voicebot.twilio", *TOOLS):
+                rule = "tools never import the call, the edge or the offline tools"
             elif _in(module, "voicebot.twilio") and _in(target, "voicebot.call"):
                 rule = "the edge never imports the call"
             elif target in SHELL and module not in SHELL:
@@ -139,6 +141,7 @@ def test_cycle_detector_finds_a_cycle_hidden_in_a_function(tmp_path: Path) -> No
         (("voicebot.twilio.wire", "voicebot.caller.client"), "never import the dev page"),
         (("voicebot.logs", "voicebot.twilio.security"), "plumbing imports only plumbing"),
         (("voicebot.devpage.page", "voicebot.server"), "only the serving shell"),
+        (("voicebot.tools.runner", "voicebot.call.bot_turn"), "tools never import the call"),
     ],
 )
 def test_layer_check_reports_an_upward_import(edge: tuple[str, str], rule: str) -> None:

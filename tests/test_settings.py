@@ -152,3 +152,14 @@ def test_cli_reports_bad_setting_and_exits_2() -> None:
     out = _cli("--check-config", env={"DEEPGRAM_TTS_ENCODING": "mp3"})
     assert out.returncode == 2
     assert "DEEPGRAM_TTS_ENCODING" in out.stderr
+
+
+def test_flux_is_selected_by_the_model_and_its_eager_threshold_stays_below_the_end_of_turn() -> None:
+    assert not load_settings(environ={}, env_file=None).flux
+    flux = load_settings(
+        environ={"DEEPGRAM_STT_MODEL": "flux-general-en", "DEEPGRAM_EAGER_EOT_THRESHOLD": "0.6"}, env_file=None
+    )
+    assert flux.flux
+    assert flux.deepgram_eager_eot_threshold == 0.6
+    with pytest.raises(SettingsError, match=r"DEEPGRAM_EAGER_EOT_THRESHOLD \(environment\).*must not exceed"):
+        load_settings(environ={"DEEPGRAM_EAGER_EOT_THRESHOLD": "0.6", "DEEPGRAM_EOT_THRESHOLD": "0.5"}, env_file=None)

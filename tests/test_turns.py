@@ -15,12 +15,14 @@ from voicebot.call.turns import (
     Backchannels,
     CancelTurn,
     Clear,
+    DropSpeculation,
     EndCall,
     Finalize,
     IdlePrompt,
     Phase,
     Reply,
     Resume,
+    Speculate,
     TurnConfig,
     TurnTaking,
     normalize,
@@ -653,3 +655,100 @@ def test_a_backchannel_while_thinking_does_not_replace_the_pending_answer() -> N
     actions = tt.transcript("Okay.", is_final=True, speech_final=True, from_finalize=False, now=1.0)
     assert actions == []
     assert tt.phase is Phase.THINKING
+
+
+# --- speculation (preemptive generation) and Flux turn events -----------------------------------------------------
+
+PREEMPTIVE = TurnConfig(
+    min_speech_ms=5 * FRAME_MS,
+    finalize_silence_ms=25 * FRAME_MS,
+    preemptive=True,
+    preemptive_silence_ms=8 * FRAME_MS,
+    endpoint_silence_ms=15 * FRAME_MS,
+    max_speculations=2,
+)
+FLUX = TurnConfig(min_speech_ms=5 * FRAME_MS, flux=True)
+
+
+def test_early_finalize_speculates_then_local_silence_confirms() -> None:
+    tt = listening(PREEMPTIVE)
+    vad(tt, True, 10, start=1.0)
+    assert vad(tt, False, 8, start=1.2) == [Finalize()]
+    assert final(tt, "Book a table.", 1.4, from_finalize=True) == [Speculate("Book a table.")]
+    assert phase(tt) is Phase.LISTENING
+    assert vad(tt, False, 6, start=1.36) == []  # 14 frames of silence: not yet the endpoint
+    [reply] = vad(tt, False, 1, start=1.48)
+    assert isinstance(reply, Reply)
+    assert reply.text == "Book a table."
+    assert phase(tt) is Phase.THINKING
+
+
+def test_caller_going_on_drops_the_speculation_and_a_later_pause_tries_again() -> None:
+    tt = listening(PREEMPTIVE)
+    vad(tt, True, 10, start=1.0)
+    assert vad(tt, False, 8, start=1.2) == [Finalize()]
+    assert final(tt, "I'd like to book", 1.4, from_finalize=True) == [Speculate("I'd like to book")]
+    assert vad(tt, True, 5, start=1.4) == [DropSpeculation("caller_continued")]
+    vad(tt, True, 5, start=1.5)
+    assert vad(tt, False, 8, start=1.6) == [Finalize()]
+    assert final(tt, "for Friday.", 1.8, from_finalize=True) == [Speculate("I'd like to book for Friday.")]
+    [reply] = vad(tt, False, 7, start=1.76)
+    assert isinstance(reply, Reply)
+    assert reply.text == "I'd like to book for Friday."
+
+
+def test_speculations_are_bounded_per_turn_then_the_usual_finalize_ends_it() -> None:
+    tt = listening(PREEMPTIVE)
+    t = 1.0
+    for words in ("one", "two"):
+        vad(tt, True, 10, start=t)
+        assert vad(tt, False, 8, start=t + 0.2) == [Finalize()]
+        assert len(final(tt, f"and {words}", t + 0.4, from_finalize=True)) == 1
+        assert vad(tt, True, 5, start=t + 0.4) == [DropSpeculation("caller_continued")]
+        t += 0.6
+    vad(tt, True, 10, start=t)
+    # No third early Finalize (two were used): only the usual one, after 25 frames, which ends the turn.
+    assert vad(tt, False, 24, start=t + 0.2) == []
+    assert vad(tt, False, 1, start=t + 0.7) == [Finalize()]
+    [reply] = final(tt, "and three.", t + 0.8, from_finalize=True)
+    assert isinstance(reply, Reply)
+    assert reply.text == "and one and two and three."
+
+
+def test_the_answer_to_an_early_finalize_after_the_caller_went_on_is_a_piece_not_a_speculation() -> None:
+    tt = listening(PREEMPTIVE)
+    vad(tt, True, 10, start=1.0)
+    assert vad(tt, False, 8, start=1.2) == [Finalize()]
+    vad(tt, True, 6, start=1.36)
+    assert final(tt, "I'd like", 1.5, from_finalize=True) == []
+    assert final(tt, "a pizza.", 2.0, speech_final=True)[0] == Reply("I'd like a pizza.", 1.36 + 5 * FRAME_S, 2.0)
+
+
+def test_no_speculation_while_the_bot_speaks() -> None:
+    tt = speaking(PREEMPTIVE, interruptible=False)
+    vad(tt, True, 10, start=1.0)
+    assert vad(tt, False, 8, start=1.2) == []
+    assert tt.turn_event("eager_end", "hello there", 1.4) == []
+
+
+def test_flux_turn_events_end_resume_and_barge_in() -> None:
+    tt = listening(FLUX)
+    assert vad(tt, False, 30, start=0.0) == []  # no Finalize in Flux mode: Flux ends the turn
+    assert tt.turn_event("start", "", 1.0) == []
+    assert tt.turn_event("update", "Book a", 1.2) == []
+    assert tt.turn_event("eager_end", "Book a table", 1.5) == [Speculate("Book a table")]
+    assert tt.turn_event("eager_end", "book a table.", 1.5) == []  # the same words: the held reply stands
+    assert tt.turn_event("resumed", "Book a table", 1.6) == [DropSpeculation("turn_resumed")]
+    # speech_end: the first words seen (no local VAD speech in this test)
+    assert tt.turn_event("end", "Book a table for two.", 2.0) == [Reply("Book a table for two.", 1.2, 2.0)]
+    tt.bot_started(2.5)
+    # StartOfTurn while the bot speaks is stage 1 of a barge-in; the words of the turn confirm it.
+    assert tt.turn_event("start", "", 3.0) == [Clear()]
+    assert tt.turn_event("update", "Wait, stop", 3.3) == [CancelTurn("caller_words")]
+
+
+def test_flux_backchannel_turn_resumes_the_bot() -> None:
+    tt = speaking(FLUX)
+    assert tt.turn_event("start", "", 1.0) == [Clear()]
+    assert tt.turn_event("update", "uh-huh", 1.2) == []
+    assert tt.turn_event("end", "uh-huh", 1.5) == [Resume()]

@@ -15,6 +15,7 @@ import uvloop
 from voicebot.logs import configure_logging
 from voicebot.serve import run_workers, serve
 from voicebot.settings import SettingsError, load_settings
+from voicebot.tools import load_tool_specs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,8 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(config_path=args.config, overrides=_overrides(args))
+        specs = load_tool_specs(settings)  # a bad tools file or module stops here, naming the tool and the key
         if args.check_config:
-            sys.stdout.write(orjson.dumps(settings.redacted(), option=orjson.OPT_INDENT_2).decode() + "\n")
+            shown = {**settings.redacted(), "tools (loaded)": specs.names}
+            sys.stdout.write(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode() + "\n")
             return 0
         settings.check_startup()
     except SettingsError as exc:

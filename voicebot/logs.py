@@ -43,6 +43,10 @@ class SecretRedactor:
             text = _TOKEN_RE.sub(REDACTED, text)
         return text
 
+    def redact(self, value: Any) -> Any:
+        """``value`` with every secret replaced, through dicts, lists and tuples (for transcripts)."""
+        return self._value(value)
+
     def _value(self, value: Any) -> Any:
         if isinstance(value, str):
             return self.scrub(value)

@@ -95,12 +95,36 @@ class Metrics:
             buckets=_HOP_BUCKETS,
             registry=self.registry,
         )
+        self.speculations = Counter(
+            "voicebot_speculations",
+            "Preemptive (speculative) replies, by outcome: started, adopted, discarded",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.speculation_gain = Histogram(
+            "voicebot_speculation_gain_seconds",
+            "Per adopted speculation: how long its LLM stream had been running when the turn was confirmed",
+            buckets=_HOP_BUCKETS,
+            registry=self.registry,
+        )
+        for outcome in ("started", "adopted", "discarded"):
+            self.speculations.labels(outcome)
         self.barge_ins = Counter("voicebot_barge_ins", "Barge-ins, by outcome", ["outcome"], registry=self.registry)
         self.provider_errors = Counter(
             "voicebot_provider_errors", "Provider failures", ["provider", "kind"], registry=self.registry
         )
         self.protocol_errors = Counter(
             "voicebot_protocol_errors", "Malformed or unexpected Twilio messages", ["kind"], registry=self.registry
+        )
+        self.tool_calls = Counter(
+            "voicebot_tool_calls", "Tool calls, by tool and outcome", ["tool", "outcome"], registry=self.registry
+        )
+        self.tool_seconds = Histogram(
+            "voicebot_tool_seconds",
+            "How long a tool call took (answer, failure or timeout), per tool",
+            ["tool"],
+            buckets=_TURN_BUCKETS,
+            registry=self.registry,
         )
         self.twilio_status = Counter(
             "voicebot_twilio_status_callbacks",

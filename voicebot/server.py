@@ -28,6 +28,8 @@ from voicebot.twilio.status import PATH as STATUS_PATH
 from voicebot.twilio.status import handle_status
 
 log = get_logger("voicebot.server")
+MAX_NUMBER_LENGTH = 64
+"""From/To are phone numbers or client identities; anything longer is cut."""
 
 MAX_WEBHOOK_BYTES = 64 * 1024
 MAX_CALL_SID_LENGTH = 64
@@ -84,7 +86,13 @@ async def voice(request: web.Request) -> web.Response:
         log.warning("call_rejected", reason="capacity", active=len(state.sessions), call_sid=call_sid)
         return _twiml(twiml.say_and_hang_up(BUSY_TEXT))
     log.info("call_answered", call_sid=call_sid)
-    parameters = {"token": state.tokens.mint(call_sid), **state.seal.parameters(call_sid, context)}
+    # From/To ride along as stream parameters: custom tools receive them with every request.
+    parameters = {
+        "token": state.tokens.mint(call_sid),
+        **state.seal.parameters(call_sid, context),
+        "from": params.get("From", "")[:MAX_NUMBER_LENGTH],
+        "to": params.get("To", "")[:MAX_NUMBER_LENGTH],
+    }
     return _twiml(twiml.connect_stream(settings.stream_url, parameters))
 
 

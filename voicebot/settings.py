@@ -18,7 +18,16 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_CONFIG = Path("config/voicebot.toml")
 _PROVIDER_PREFIXES = ("deepgram_", "openai_", "twilio_", "elevenlabs_", "cartesia_")
@@ -76,10 +85,25 @@ class Settings(BaseModel):
     barge_in_min_speech_ms: int = Field(100, ge=20)
     barge_in_confirm_ms: int = Field(1200, ge=100)
     barge_in_grace_ms: int = Field(1500, ge=0)
+    preemptive_generation: bool = True
+    preemptive_silence_ms: int = Field(60, ge=20, le=2000)
+    preemptive_max_attempts: int = Field(2, ge=1, le=5)
     backchannels: tuple[str, ...] = (
         "uh-huh", "uh huh", "mm-hmm", "mhm", "mm", "hmm", "yeah", "yep", "yes", "okay", "ok", "right", "sure",
         "got it", "i see", "alright", "all right",
     )  # fmt: skip
+    # tools
+    tools_file: Path | None = None
+    tools_module: str = ""
+    tools_secret: SecretStr | None = None
+    tool_filler: str = "One moment."
+    tool_still_working: str = "Still working on it, thanks for waiting."
+    tool_filler_after_ms: int = Field(700, ge=0)
+    tool_still_working_after_s: float = Field(5.0, gt=0)
+    tool_max_parallel: int = Field(4, ge=1, le=32)
+    tool_max_rounds: int = Field(3, ge=1, le=20)
+    tool_max_same_call: int = Field(2, ge=1)
+    tool_settle_s: float = Field(3.0, ge=0)
     # text-to-speech: which voice
     tts_provider: Literal["deepgram", "elevenlabs", "cartesia"] = "deepgram"
     # Deepgram
@@ -89,6 +113,9 @@ class Settings(BaseModel):
     deepgram_language: str = "en-US"
     deepgram_endpointing_ms: int = Field(300, ge=10)
     deepgram_utterance_end_ms: int = Field(1000, ge=1000)
+    deepgram_eot_threshold: float | None = Field(None, ge=0.5, le=0.9)
+    deepgram_eager_eot_threshold: float | None = Field(None, ge=0.3, le=0.9)
+    deepgram_eot_timeout_ms: int | None = Field(None, ge=500, le=10000)
     deepgram_tts_model: str = "aura-2-asteria-en"
     deepgram_tts_encoding: str = "mulaw"
     deepgram_tts_sample_rate: int = 8000
@@ -122,6 +149,11 @@ class Settings(BaseModel):
         if value and not E164.fullmatch(value):
             raise ValueError("must be a phone number in E.164 form, like +15551234567")
         return value
+
+    @field_validator("tools_file", mode="before")
+    @classmethod
+    def _no_tools_file(cls, value: Any) -> Any:
+        return None if value == "" else value  # VOICEBOT_TOOLS_FILE= (empty) means no custom tools
 
     @field_validator("deepgram_tts_encoding")
     @classmethod
@@ -164,7 +196,20 @@ class Settings(BaseModel):
             object.__setattr__(self, "public_url", f"http://{host}:{self.port}")
         return self
 
+    @field_validator("deepgram_eager_eot_threshold")
+    @classmethod
+    def _eager_below_eot(cls, value: float | None, info: ValidationInfo) -> float | None:
+        eot = info.data.get("deepgram_eot_threshold")
+        if value is not None and value > (0.7 if eot is None else eot):
+            raise ValueError("must not exceed DEEPGRAM_EOT_THRESHOLD (Flux's default 0.7)")
+        return value
+
     # --- derived values ---
+
+    @property
+    def flux(self) -> bool:
+        """Listening through Deepgram Flux (``/v2/listen``, turn events) rather than Nova (``/v1/listen``)."""
+        return self.deepgram_stt_model.startswith("flux")
 
     @property
     def stream_url(self) -> str:
@@ -235,6 +280,7 @@ class Settings(BaseModel):
             self.metrics_token,
             self.elevenlabs_api_key,
             self.cartesia_api_key,
+            self.tools_secret,
         ]
         return [s.get_secret_value() for s in secrets if s is not None and len(s.get_secret_value()) >= 4]
 
@@ -277,7 +323,7 @@ class Settings(BaseModel):
 
 _SECRET_FIELDS = frozenset(
     {"deepgram_api_key", "openai_api_key", "twilio_auth_token", "token_secret", "metrics_token"}
-    | {"elevenlabs_api_key", "cartesia_api_key"}
+    | {"elevenlabs_api_key", "cartesia_api_key", "tools_secret"}
 )
 
 

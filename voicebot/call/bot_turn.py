@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -21,9 +22,11 @@ from typing import Any, Protocol
 from voicebot.audio import BYTES_PER_SECOND
 from voicebot.call.chunker import TextChunker
 from voicebot.call.playout import HeardText, Segment, heard_text, mark_name
+from voicebot.call.tool_rounds import Fillers, ToolRound, fill_silence
 from voicebot.errors import ProviderError
 from voicebot.logs import get_logger
 from voicebot.providers.base import LanguageModel, Message, TextDelta, TextToSpeech, ToolCall
+from voicebot.tools import ToolOutcome, ToolRunner
 
 log = get_logger("voicebot.turn")
 
@@ -82,6 +85,7 @@ class TurnTiming:
 class _SegmentAudio:
     index: int
     text: str
+    round: int
     buffer: bytearray = field(default_factory=bytearray)
     done: bool = False
     failed: bool = False
@@ -127,6 +131,8 @@ class BotTurn:
         fallback: tuple[str, bytes | None] | None = None,
         timing: TurnTiming | None = None,
         on_first_media: Callable[[BotTurn], None] | None = None,
+        runner: ToolRunner | None = None,
+        fillers: Fillers | None = None,
     ) -> None:
         self.gen = gen
         self._out = out
@@ -138,7 +144,15 @@ class BotTurn:
         self._fallback = fallback
         self.timing = timing or TurnTiming()
         self._on_first_media = on_first_media
+        self._runner = runner
+        self._fillers = fillers
         self.tool_calls: list[ToolCall] = []
+        """Call controls (end_call, transfer_call) for the conversation, once the reply has played."""
+        self.rounds: list[ToolRound] = []
+        self.fillers_said: list[str] = []
+        self._round = 0  # the round new segments belong to; len(rounds) once the last tools ran
+        self._round_segments = 0  # segments added since the last round's tools ran
+        self._repeats: Counter[str] = Counter()
         self.failures: list[str] = []
         self._queue: asyncio.Queue[_SegmentAudio | None] = asyncio.Queue(SEGMENT_QUEUE_SIZE)
         self._tts_slots = asyncio.Semaphore(MAX_TTS_IN_FLIGHT)
@@ -147,6 +161,8 @@ class BotTurn:
         # timeline and playout state
         self.timeline = bytearray()
         self.segments: list[Segment] = []
+        self._segment_rounds: list[int] = []  # the round of each entry of ``segments``
+        self.audio_end = 0.0  # when the audio sent so far ends playing at the caller (estimate, monotonic)
         self._assembled = False
         self._points: list[_MarkPoint] = []
         self._next_point = 0
@@ -188,10 +204,20 @@ class BotTurn:
         return heard_text(self.segments_so_far(), self._to_timeline(ledger_played))
 
     def segments_so_far(self) -> list[Segment]:
-        segments = list(self.segments)
+        return [segment for segment, _ in self._tagged_segments()]
+
+    def heard_by_round(self, ledger_played: int | None) -> list[HeardText]:
+        """What the caller heard of each round's text (index ``len(rounds)``: the text after the last tools);
+        ``ledger_played`` None means the turn played to its end."""
+        played = len(self.timeline) if ledger_played is None else self._to_timeline(ledger_played)
+        tagged = self._tagged_segments()
+        return [heard_text([s for s, r in tagged if r == index], played) for index in range(len(self.rounds) + 1)]
+
+    def _tagged_segments(self) -> list[tuple[Segment, int]]:
+        tagged = list(zip(self.segments, self._segment_rounds, strict=True))
         if not self._assembled and self._current is not None:
-            segments.append(Segment(self._current.text, self._current_start, None))
-        return segments
+            tagged.append((Segment(self._current.text, self._current_start, None), self._current.round))
+        return tagged
 
     # --- barge-in controls (called by the session, synchronously) ---------------------------------------------
 
@@ -220,37 +246,116 @@ class BotTurn:
     # --- producing segments ------------------------------------------------------------------------------------
 
     async def _think(self) -> None:
-        assert self._llm is not None
+        """Stream the reply; between rounds, run its tool calls and ask again with every result."""
         chunker = TextChunker()
+        if self._runner is not None:
+            await self._runner.settle()  # side effects of an interrupted reply land in the history first
+        messages = list(self._messages)
+        if self.timing.llm_request is None:  # set already when the reply was prepared speculatively
+            self.timing.llm_request = time.monotonic()
+        told_cap = False
+        while True:
+            text, calls, ok = await self._stream_round(messages, chunker)
+            for piece in chunker.flush():  # text before the tool calls is spoken first
+                await self._add_segment(piece)
+            if not ok or not calls:
+                break
+            if self._runner is None:
+                self.tool_calls += calls
+                break
+            tool_round = ToolRound(len(self.rounds), text, calls)
+            self.rounds.append(tool_round)
+            over_cap = len(self.rounds) > self._runner.limits.max_rounds
+            await self.run_tools(tool_round, over_cap=over_cap)
+            self._round, self._round_segments = len(self.rounds), 0
+            if self.tool_calls or (over_cap and told_cap):
+                break  # a call control ends the reply here; or the model ignored the cap once already
+            told_cap = over_cap
+            messages += tool_round.messages()
+        answer_due = not ok or (self.rounds and not self.tool_calls)  # a call control says its own goodbye
+        if self._round_segments == 0 and answer_due and self._fallback is not None:
+            # Nothing said since the tools ran (or the model failed before saying anything): the cached apology,
+            # never silence.
+            await self._add_segment(*self._fallback)
+        await self._queue.put(None)
+
+    async def _stream_round(
+        self, messages: Sequence[Message], chunker: TextChunker
+    ) -> tuple[str, list[ToolCall], bool]:
+        """One LLM request: text goes to the chunker as it streams, tool calls are only collected (a held,
+        speculative reply can stop here; :meth:`run_tools` is the separate step that acts on them)."""
+        assert self._llm is not None
         loop = asyncio.get_running_loop()
-        self.timing.llm_request = time.monotonic()
+        text: list[str] = []
+        calls: list[ToolCall] = []
+        tools = self._runner.schemas() if self._runner is not None else self._tools
         try:
             async with asyncio.timeout(LLM_FIRST_TOKEN_TIMEOUT_S) as deadline:
-                async with self._llm.stream(self._messages, self._tools) as events:
+                async with self._llm.stream(messages, tools) as events:
                     async for event in events:
                         deadline.reschedule(loop.time() + LLM_TOKEN_TIMEOUT_S)
                         if isinstance(event, TextDelta):
                             if self.timing.first_token is None:
                                 self.timing.first_token = time.monotonic()
-                            for text in chunker.feed(event.text):
-                                await self._add_segment(text)
+                            text.append(event.text)
+                            for piece in chunker.feed(event.text):
+                                await self._add_segment(piece)
                         else:
-                            self.tool_calls.append(event)
+                            calls.append(event)
         except (ProviderError, TimeoutError) as exc:
             reason = str(exc) if isinstance(exc, ProviderError) else "timed out"
             self.failures.append(f"llm: {reason}")
-            log.warning("llm_failed", error=reason, gen=self.gen, segments=self._segment_count)
-            if self._segment_count == 0 and self._fallback is not None:
-                await self._add_segment(*self._fallback)
-                await self._queue.put(None)
-                return
-        for text in chunker.flush():
-            await self._add_segment(text)
-        await self._queue.put(None)
+            log.warning("llm_failed", error=reason, gen=self.gen, segments=self._segment_count, round=self._round)
+            return "".join(text), [], False
+        return "".join(text), calls, True
+
+    async def run_tools(self, tool_round: ToolRound, *, over_cap: bool) -> None:
+        """Give every call of the round exactly one outcome: run, refused or invalid; call controls are kept
+        for the conversation (they act once the reply has played). Says the filler if the tools keep the
+        caller waiting."""
+        runner = self._runner
+        assert runner is not None
+        assert self._tg is not None
+        tool_round.started = True
+        for call in tool_round.calls:
+            if runner.is_control(call.name):
+                self.tool_calls.append(call)
+                tool_round.outcomes[call.id] = ToolOutcome(call, "ok", "done: it takes effect when this reply ends")
+                continue
+            outcome = runner.refuse_over_cap(call) if over_cap else runner.check(call, self._repeats)
+            if outcome is not None:
+                tool_round.outcomes[call.id] = outcome
+                runner.record(outcome)
+            else:
+                tool_round.tasks[call.id] = runner.start(call, self._tg)
+        if not tool_round.tasks:
+            return
+        filler = self._tg.create_task(self._fill_silence(tool_round), name=f"turn-{self.gen}-filler")
+        try:
+            # asyncio.wait, not gather: if this turn is cancelled, side-effecting calls (owned by the call) go on.
+            await asyncio.wait(tool_round.tasks.values())
+        finally:
+            filler.cancel()
+        for call_id, task in tool_round.tasks.items():
+            tool_round.outcomes[call_id] = task.result()
+
+    async def _fill_silence(self, tool_round: ToolRound) -> None:
+        if self._fillers is not None and self._runner is not None:
+            say = self._runner.say_for(tool_round.calls)
+            await fill_silence(self._fillers, say, self._speech_pending, lambda: self.audio_end, self._say_filler)
+
+    async def _say_filler(self, text: str, audio: bytes) -> None:
+        self.fillers_said.append(text)
+        log.info("tool_filler", gen=self.gen, text=text)
+        await self._add_segment(text, audio)
+
+    def _speech_pending(self) -> bool:
+        return not self._queue.empty() or self._current is not None or self._cursor < len(self.timeline)
 
     async def _add_segment(self, text: str, audio: bytes | None = None) -> None:
-        segment = _SegmentAudio(self._segment_count, text)
+        segment = _SegmentAudio(self._segment_count, text, self._round)
         self._segment_count += 1
+        self._round_segments += 1
         if self.timing.first_segment is None:
             self.timing.first_segment = time.monotonic()
         if audio is not None:
@@ -317,6 +422,7 @@ class BotTurn:
             self._current = None
             if copied:
                 self.segments.append(Segment(segment.text, self._current_start, len(self.timeline)))
+                self._segment_rounds.append(segment.round)
                 self._points.append(_MarkPoint(len(self.timeline), segment.index))
             elif not segment.failed and self.segments:
                 # No audio of its own but no failure: a socket transport coalesced it into the previous segment's
@@ -330,6 +436,7 @@ class BotTurn:
             start = len(self.timeline)
             self.timeline += audio
             self.segments.append(Segment(text, start, len(self.timeline)))
+            self._segment_rounds.append(self._round)
             self._points.append(_MarkPoint(len(self.timeline), self._segment_count))
             self._wake.set()
         if self._points and self._points[-1].position == len(self.timeline):
@@ -388,6 +495,7 @@ class BotTurn:
                 return
             chunk = bytes(self.timeline[self._cursor : end])
             self._record_span(self._out.sent_bytes(), self._cursor, len(chunk))
+            self.audio_end = max(self.audio_end, time.monotonic()) + len(chunk) / BYTES_PER_SECOND
             self._cursor = end
             if not await self._out.send_media(self.gen, chunk):
                 return

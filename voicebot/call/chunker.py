@@ -209,6 +209,11 @@ class _Cleaner:
             out.append(" ")
         return i + 1  # "`", "[", pictographs: dropped
 
+    @property
+    def space_pending(self) -> bool:
+        """Whitespace was read after the last character returned and is held for the next one."""
+        return bool(self._ws) and self._started and not self._raw
+
     def _collapse(self, text: str) -> str:
         if "\n" not in text:  # the per-token fast path: spaces only
             words = text.split()
@@ -255,6 +260,12 @@ _LIST_MARKER = re.compile(r"[0-9]{1,3}|[A-Za-z]")
 _OPENERS = "\"'“‘(["
 
 
+def _decided_at_space(buf: str, pos: int, end: int) -> bool:
+    """Whether a cut candidate followed by a space is decided without the character after the space."""
+    run = buf[pos:end]
+    return "!" in run or "?" in run or buf[pos] in ",;:"
+
+
 def _speakable(text: str) -> bool:
     return any(ch.isalnum() for ch in text)
 
@@ -272,9 +283,17 @@ class _Segmenter:
         self._sentence_start = 0
         self._clause = 0  # end of the last clause boundary <= max_chars (0: none)
         self._space = 0  # index of the last space <= max_chars usable as a word cut (0: none)
+        self._space_pending = False  # whitespace follows _buf, held by the cleaner
+        self._skip_space = False  # a cut consumed that pending whitespace: drop it when it arrives
 
-    def feed(self, text: str, final: bool) -> list[str]:
+    def feed(self, text: str, final: bool, space_pending: bool = False) -> list[str]:
+        """Add clean text; ``space_pending``: the cleaner holds whitespace after it (not yet emitted)."""
+        if self._skip_space:
+            stripped = text.lstrip(" \n")
+            self._skip_space = not stripped and not final
+            text = stripped
         self._buf += text
+        self._space_pending = space_pending
         out: list[str] = []
         self._run(final, out)
         if final:
@@ -313,10 +332,13 @@ class _Segmenter:
                 continue
             terminal = c in ".!?…"
             end = _match_end(_TERMINAL_RUN, buf, pos) if terminal else pos + 1
-            nxt = buf[end] if end < len(buf) else ""
+            nxt = buf[end] if end < len(buf) else (" " if self._space_pending else "")
             after = buf[end + 1] if end + 1 < len(buf) else ""
-            if not final and (not nxt or (nxt == " " and not after)):
-                i = pos  # decided once the next visible character has arrived
+            # Undecided until the next visible character, except where it cannot change the boundary: after "? "
+            # or "! " (a space ends the terminal run, and only a dot's sentence end depends on the next word:
+            # "etc. and") and after a clause mark and its space.
+            if not final and (not nxt or (nxt == " " and not after and not _decided_at_space(buf, pos, end))):
+                i = pos
                 break
             i = end
             if nxt == "\n":
@@ -375,6 +397,8 @@ class _Segmenter:
             return False
         rest = self._buf[end:]
         self._buf = rest[1:] if rest[:1] in (" ", "\n") else rest
+        if not rest and self._space_pending:
+            self._skip_space = True
         self._first = False
         self._sentence_start = 0
         self._clause = self._space = 0
@@ -393,7 +417,7 @@ class TextChunker:
     def feed(self, delta: str) -> list[str]:
         """Add one delta; return the segments it completed (often none)."""
         text = self._cleaner.feed(delta, final=False)
-        return self._segmenter.feed(text, final=False) if text else []
+        return self._segmenter.feed(text, final=False, space_pending=self._cleaner.space_pending) if text else []
 
     def flush(self) -> list[str]:
         """End of stream: return the remaining segments and reset for a new stream."""

@@ -8,6 +8,7 @@ its actions are applied one at a time by a single control task, so no two action
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -20,22 +21,26 @@ from voicebot.call.audio_out import CallAudioOut
 from voicebot.call.bot_turn import BotTurn, TurnResult, TurnTiming
 from voicebot.call.playout import HeardText, PlayoutLedger, UnknownMark, parse_mark_name
 from voicebot.call.services import TRANSFER_TEXT, Services
+from voicebot.call.speculation import AdoptedModel, Speculation
+from voicebot.call.tool_rounds import INTERRUPTED_SUFFIX, Fillers, record_outcome, round_history
 from voicebot.call.transcript import TranscriptWriter
 from voicebot.call.turns import (
     Action,
     CancelTurn,
     Clear,
+    DropSpeculation,
     EndCall,
     Finalize,
     IdlePrompt,
     Reply,
     Resume,
+    Speculate,
     TurnConfig,
     TurnTaking,
 )
 from voicebot.call.vad import FrameVad
 from voicebot.errors import CallEnded, ProviderError, first_leaf
-from voicebot.logs import get_logger
+from voicebot.logs import REDACTOR, get_logger
 from voicebot.metrics import Metrics
 from voicebot.providers.base import (
     Message,
@@ -45,9 +50,12 @@ from voicebot.providers.base import (
     TextToSpeech,
     Transcript,
     TtsCall,
+    TurnEvent,
     UtteranceEnd,
 )
+from voicebot.providers.deepgram_flux import FLUX_CHUNK_MS
 from voicebot.settings import Settings
+from voicebot.tools import CONTROL_TOOLS, ToolContext, ToolLimits, ToolRunner
 from voicebot.twilio import twiml, wire
 
 log = get_logger("voicebot.call.conversation")
@@ -62,6 +70,8 @@ KEEPALIVE_INTERVAL_S = 4.0
 STT_SEND_BYTES = 3 * FRAME_BYTES
 """60 ms of audio per message to Deepgram: the SDK's per-message cost (a masked frame, a random mask from the OS)
 was a third of the server's CPU at 20 ms per message; this adds at most 40 ms before the recogniser hears audio."""
+FLUX_SEND_BYTES = FLUX_CHUNK_MS // 20 * FRAME_BYTES
+"""Flux wants 80 ms messages (PROVIDERS-2.md §2); silence is sent too: a Flux socket without audio dies."""
 STT_REPLAY_CHUNK_BYTES = 8000
 STT_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
 STT_MAX_FAILURES = 5
@@ -69,34 +79,14 @@ STT_STALL_S = 3.0
 """Local VAD has heard speech for this long with no message at all from the recogniser: the stream is stuck."""
 STT_WATCHDOG_PERIOD_S = 0.5
 SHUTDOWN_GOODBYE_TIMEOUT_S = 10.0
+SIDE_EFFECT_GRACE_S = 10.0
+"""When the call ends, how long side-effecting tool calls still in flight may finish (each has its own timeout
+too); past it they are cancelled."""
 PLAYOUT_WATCHDOG_PERIOD_S = 0.5
 HANG_UP_TIMEOUT_S = 10.0
 CONTEXT_INTRO = "\n\nYou placed this call. What it is about: "
-INTERRUPTED_SUFFIX = " —"
-"""Appended to an interrupted reply in the model's history: the caller stopped hearing it there."""
 
 EventSink = Callable[[str, dict[str, Any]], None]
-
-END_CALL_TOOL: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "end_call",
-        "description": "End the phone call, after the caller says goodbye or clearly wants to hang up.",
-        "parameters": {
-            "type": "object",
-            "properties": {"reason": {"type": "string", "description": "Why the call is ending."}},
-            "required": [],
-        },
-    },
-}
-TRANSFER_TOOL: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "transfer_call",
-        "description": "Transfer the caller to a human colleague when they ask for one or you cannot help.",
-        "parameters": {"type": "object", "properties": {}, "required": []},
-    },
-}
 
 
 class Conversation:
@@ -132,8 +122,15 @@ class Conversation:
                 idle_timeout_s=settings.idle_timeout_s,
                 idle_reprompts=settings.idle_reprompts,
                 backchannels=settings.backchannels,
+                flux=settings.flux,
+                preemptive=settings.preemptive_generation and not settings.flux,
+                preemptive_silence_ms=settings.preemptive_silence_ms,
+                endpoint_silence_ms=settings.deepgram_endpointing_ms,
+                max_speculations=settings.preemptive_max_attempts,
             )
         )
+        self._send_bytes = FLUX_SEND_BYTES if settings.flux else STT_SEND_BYTES
+        self._speculation: Speculation | None = None
         self.vad = FrameVad()
         self.history: list[Message] = []
         self.transcript = TranscriptWriter(settings.transcript_dir, start.call_sid)
@@ -141,7 +138,11 @@ class Conversation:
         if context is not None:  # an outbound call's context (voicebot.twilio.outbound), from a signed webhook
             self.system_prompt += CONTEXT_INTRO + context
             self.transcript.write("context", text=context)
-        self.tools = [END_CALL_TOOL] + ([TRANSFER_TOOL] if settings.transfer_number else [])
+        self._tool_context = ToolContext(
+            start.call_sid, start.custom_parameters.get("from", ""), start.custom_parameters.get("to", "")
+        )
+        self._tools: ToolRunner | None = None  # made in run(): side-effecting calls live in the call's TaskGroup
+        self._fillers = Fillers.from_settings(settings, services.phrases.get)
         self._gen = 0
         self._turn: BotTurn | None = None
         self._turn_task: asyncio.Task[None] | None = None
@@ -170,16 +171,39 @@ class Conversation:
     async def run(self) -> None:
         """Greet, then listen and answer until the call ends (raises CallEnded when the bot hangs up)."""
         try:
-            # The call's voice first: a socket transport starts connecting now, without delaying the greeting.
-            async with self.services.tts.open_call() as voice, asyncio.TaskGroup() as tg:
-                self._voice = voice
-                self._tg = tg
-                self._start_fixed(self.settings.greeting, interruptible=True, grace_ms=self.settings.barge_in_grace_ms)
-                tg.create_task(self._control(), name="control")
-                tg.create_task(self._listen(), name="stt")
-                tg.create_task(self._playout_watchdog(), name="playout-watchdog")
+            # Side-effecting tool calls live in their own TaskGroup around the call's loops: when the call ends
+            # (hang-up, the bot's goodbye), a booking in flight is waited for, not cut off mid-request.
+            async with asyncio.TaskGroup() as side_effects:
+                self._tools = ToolRunner(
+                    self.services.tools,
+                    self._tool_context,
+                    ToolLimits(
+                        max_parallel=self.settings.tool_max_parallel,
+                        max_rounds=self.settings.tool_max_rounds,
+                        max_same_call=self.settings.tool_max_same_call,
+                        settle_s=self.settings.tool_settle_s,
+                    ),
+                    side_effects,
+                    functools.partial(
+                        record_outcome, metrics=self.metrics, transcript=self.transcript, tools=self.services.tools
+                    ),
+                )
+                try:
+                    await self._run_call()
+                finally:
+                    await self._tools.finish(SIDE_EFFECT_GRACE_S)
         finally:
             self.transcript.close()
+
+    async def _run_call(self) -> None:
+        # The call's voice first: a socket transport starts connecting now, without delaying the greeting.
+        async with self.services.tts.open_call() as voice, asyncio.TaskGroup() as tg:
+            self._voice = voice
+            self._tg = tg
+            self._start_fixed(self.settings.greeting, interruptible=True, grace_ms=self.settings.barge_in_grace_ms)
+            tg.create_task(self._control(), name="control")
+            tg.create_task(self._listen(), name="stt")
+            tg.create_task(self._playout_watchdog(), name="playout-watchdog")
 
     async def _playout_watchdog(self) -> None:
         """Twilio echoes each mark once its audio has played; marks long overdue mean the peer stopped reading."""
@@ -238,7 +262,7 @@ class Conversation:
         audio += frame
         if len(audio) > STT_AUDIO_MAX_BYTES:
             del audio[: len(audio) - STT_AUDIO_MAX_BYTES]  # drop the oldest audio: the recogniser must stay live
-        if len(audio) >= STT_SEND_BYTES:
+        if len(audio) >= self._send_bytes:
             self._audio_ready.set()
         self._replay.append(frame)
 
@@ -346,6 +370,12 @@ class Conversation:
                 actions = self.machine.speech_started(now)
             case UtteranceEnd():
                 actions = self.machine.utterance_end(now)
+            case TurnEvent():
+                if event.event == "end":
+                    self._replay.clear()
+                if event.text and event.event in ("update", "end"):
+                    self._publish({"type": "user", "text": event.text, "final": event.event == "end"})
+                actions = self.machine.turn_event(event.event, event.text, now)
         if actions:
             self._post(actions)
 
@@ -365,6 +395,10 @@ class Conversation:
                 await self._cancel_turn(action.reason)
             case Reply():
                 await self._reply(action)
+            case Speculate():
+                self._speculate(action.text)
+            case DropSpeculation():
+                self._drop_speculation(action.reason)
             case Finalize():
                 if self._stt is not None:
                     try:
@@ -402,17 +436,61 @@ class Conversation:
         task.cancel()
         self._turn = self._turn_task = None
         heard = turn.heard_at_cut(played if played is not None else 0)
-        self._remember_reply(turn, heard, interrupted=True)
+        self._remember_reply(turn, heard, interrupted=True, ledger_played=played or 0)
         self.metrics.barge_ins.labels("cancelled").inc()
         self._publish({"type": "barge_in", "stage": "cancel"})
         log.info("turn_cancelled", reason=reason, gen=turn.gen, heard_chars=len(heard.text))
 
+    # --- speculation (preemptive generation) -------------------------------------------------------------------
+
+    def _messages_for(self, text: str) -> list[Message]:
+        system: Message = {"role": "system", "content": self.system_prompt}
+        return [system, *self.history, {"role": "user", "content": text}]
+
+    def _speculate(self, text: str) -> None:
+        """Start the reply to ``text`` now, held: no TTS, no audio, no history, no tool until adopted."""
+        assert self._tg is not None
+        self._drop_speculation("replaced")
+        if self._tools is not None and not self._tools.settled():
+            return  # a side effect's result is still to land in the history: the reply waits for it (settle)
+        tools = self._tools.schemas() if self._tools is not None else []
+        spec = Speculation(self.services.llm, self._messages_for(text), tools, text)
+        spec.task = self._tg.create_task(spec.run(), name="speculation")
+        self._speculation = spec
+        self.metrics.speculations.labels("started").inc()
+        log.info("speculation_started", chars=len(text))
+
+    def _drop_speculation(self, reason: str) -> None:
+        spec, self._speculation = self._speculation, None
+        if spec is None:
+            return
+        spec.cancel()
+        self.metrics.speculations.labels("discarded").inc()
+        log.info("speculation_discarded", reason=reason, held_ms=round((time.monotonic() - spec.started) * 1000, 1))
+
+    def _adopt(self, messages: list[Message], timing: TurnTiming) -> AdoptedModel | None:
+        """The held reply if it answers exactly ``messages``; otherwise drop it (the words changed)."""
+        spec = self._speculation
+        if spec is None:
+            return None
+        if not spec.matches(messages):
+            self._drop_speculation("words_changed")
+            return None
+        self._speculation = None
+        gain = max(0.0, (timing.stt_final or spec.started) - spec.started)
+        timing.llm_request = spec.started
+        timing.first_token = spec.first_token
+        self.metrics.speculations.labels("adopted").inc()
+        self.metrics.speculation_gain.observe(gain)
+        log.info("speculation_adopted", gain_ms=round(gain * 1000, 1))
+        return AdoptedModel(spec, self.services.llm)
+
     async def _reply(self, reply: Reply) -> None:
         if self._turn_task is not None:
             await self._cancel_turn("new_reply")
-        self.history.append({"role": "user", "content": reply.text})
+        messages = self._messages_for(reply.text)
+        self.history.append(messages[-1])
         self.transcript.write("user", text=reply.text)
-        messages: list[Message] = [{"role": "system", "content": self.system_prompt}, *self.history]
         timing = TurnTiming(speech_end=reply.speech_end, stt_final=reply.final_at)
         apology = (self.settings.apology, self.services.phrases.cached(self.settings.apology))
         self._start_turn(
@@ -420,12 +498,13 @@ class Conversation:
                 self._next_gen(),
                 self.out,
                 tts=self._turn_voice(),
-                llm=self.services.llm,
+                llm=self._adopt(messages, timing) or self.services.llm,
                 messages=messages,
-                tools=self.tools,
                 fallback=apology,
                 timing=timing,
                 on_first_media=self._on_first_media,
+                runner=self._tools,
+                fillers=self._fillers,
             ),
             interruptible=True,
         )
@@ -470,8 +549,9 @@ class Conversation:
             self._turn = self._turn_task = None
         self._remember_reply(turn, result.heard, interrupted=False)
         self._log_turn(turn, result)
-        for call in result.tool_calls:
-            self.transcript.write("tool_call", name=call.name, arguments=call.arguments)
+        # Call controls act only from a reply that played to its end, after the reply's other tools finished.
+        for call in result.tool_calls if not result.heard.interrupted else ():
+            self.transcript.write("tool_call", name=call.name, arguments=REDACTOR.redact(call.arguments))
             if call.name == "end_call":
                 await self._end_call("bot_ended", say_goodbye=not result.heard.text)
                 return
@@ -480,11 +560,23 @@ class Conversation:
                 return
         self._post(self.machine.bot_finished(time.monotonic()))
 
-    def _remember_reply(self, turn: BotTurn, heard: HeardText, *, interrupted: bool) -> None:
+    def _remember_reply(
+        self, turn: BotTurn, heard: HeardText, *, interrupted: bool, ledger_played: int | None = None
+    ) -> None:
+        """Heard-only history: what the caller heard of each round, each round's tool calls with exactly one
+        tool message per id, then what was heard of the final text."""
         interrupted = interrupted or heard.interrupted
-        if heard.text:
-            content = heard.text + (INTERRUPTED_SUFFIX if interrupted else "")
-            self.history.append({"role": "assistant", "content": content})
+        by_round = turn.heard_by_round(ledger_played) if turn.rounds else [heard]
+        controls = frozenset(c for c in CONTROL_TOOLS if self._tools is not None and self._tools.is_control(c))
+        for tool_round, round_heard in zip(turn.rounds, by_round, strict=False):
+            self.history += round_history(
+                tool_round, round_heard, interrupted=interrupted, tools=self.services.tools, controls=controls
+            )
+        final = by_round[-1]
+        if final.text:
+            self.history.append(
+                {"role": "assistant", "content": final.text + (INTERRUPTED_SUFFIX if interrupted else "")}
+            )
         self.transcript.write("assistant", text=heard.text, interrupted=interrupted, gen=turn.gen)
         self._publish({"type": "assistant", "text": heard.text, "interrupted": interrupted})
 

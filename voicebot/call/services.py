@@ -9,9 +9,10 @@ sized from the call limit (:func:`pool_limits`), so no request waits for a conne
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -21,19 +22,25 @@ from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
 
 from voicebot.call.bot_turn import MAX_TTS_IN_FLIGHT
 from voicebot.call.phrases import PhraseCache
-from voicebot.logs import get_logger
+from voicebot.errors import ProviderError
+from voicebot.logs import REDACTOR, get_logger
 from voicebot.metrics import Metrics
 from voicebot.providers.base import LanguageModel, SpeechToText, Telephony, Voice
+from voicebot.providers.deepgram_flux import DeepgramFlux, warm_stt_paths
 from voicebot.providers.deepgram_stt import DeepgramStt
 from voicebot.providers.openai_llm import OpenAiChat
 from voicebot.providers.pools import PoolUse, aiohttp_session, httpx2_transport, httpx_transport
 from voicebot.providers.voices import open_voice
 from voicebot.settings import Settings
+from voicebot.tools import ToolRegistry, load_tool_specs
 from voicebot.twilio.rest import TwilioRest
 
 log = get_logger("voicebot.call.services")
 
 KEEPALIVE_S = 120.0
+KEEP_WARM_S = 50.0
+"""Period of the free keep-warm request: well inside KEEPALIVE_S and the providers' own idle timeouts."""
+WARMUP_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 3.0
 LLM_READ_TIMEOUT_S = 10.0
 TTS_READ_TIMEOUT_S = 10.0
@@ -59,6 +66,7 @@ class Services:
     telephony: Telephony | None
     phrases: PhraseCache
     system_prompt: str
+    tools: ToolRegistry = field(default_factory=ToolRegistry)
     pools: tuple[PoolUse, ...] = ()
     """The provider clients' connection pools (exported in /metrics)."""
 
@@ -118,7 +126,10 @@ def services_context(settings: Settings, metrics: Metrics) -> Callable[[web.Appl
             max_retries=LLM_MAX_RETRIES,
             http_client=oa_http,
         )
+        specs = load_tool_specs(settings)  # checked at startup already (__main__); a bad file stops the app here
+        REDACTOR.update([*REDACTOR.secrets, *specs.secrets])
         http = aiohttp_session(rest_pool)
+        tools = ToolRegistry.build(specs, settings, http)
         telephony: Telephony | None = None
         if settings.twilio_account_sid and settings.twilio_auth_token is not None:
             telephony = TwilioRest(
@@ -132,33 +143,53 @@ def services_context(settings: Settings, metrics: Metrics) -> Callable[[web.Appl
         stack = AsyncExitStack()
         tts = await stack.enter_async_context(open_voice(settings, deepgram, tts_pool))
         phrases = PhraseCache(tts)
-        app[SERVICES] = Services(
-            stt=DeepgramStt(
+        stt: SpeechToText
+        if settings.flux:
+            stt = DeepgramFlux(
+                deepgram,
+                model=settings.deepgram_stt_model,
+                eot_threshold=settings.deepgram_eot_threshold,
+                eager_eot_threshold=settings.deepgram_eager_eot_threshold,
+                eot_timeout_ms=settings.deepgram_eot_timeout_ms,
+            )
+        else:
+            stt = DeepgramStt(
                 deepgram,
                 model=settings.deepgram_stt_model,
                 language=settings.deepgram_language,
                 endpointing_ms=settings.deepgram_endpointing_ms,
                 utterance_end_ms=settings.deepgram_utterance_end_ms,
-            ),
-            llm=OpenAiChat(
-                llm_client,
-                model=settings.openai_model,
-                temperature=settings.openai_temperature,
-                max_tokens=settings.openai_max_tokens,
-            ),
+            )
+        llm = OpenAiChat(
+            llm_client,
+            model=settings.openai_model,
+            temperature=settings.openai_temperature,
+            max_tokens=settings.openai_max_tokens,
+        )
+        app[SERVICES] = Services(
+            stt=stt,
+            llm=llm,
             tts=tts,
             telephony=telephony,
             phrases=phrases,
             system_prompt=load_prompt(settings.prompt_file),
+            tools=tools,
             pools=(tts_pool, llm_pool, rest_pool),
         )
+        # Before the server listens (so before /healthz answers): the first turn of the process must not pay the
+        # LLM connection and the SDKs' lazy model building.
+        await _warm_up(llm)
         fixed = [settings.greeting, settings.apology, settings.idle_prompt, settings.goodbye, TRANSFER_TEXT]
+        if len(tools):
+            fixed += [settings.tool_filler, settings.tool_still_working, *tools.phrases()]
         warmup = asyncio.create_task(phrases.warm(fixed), name="phrase-warmup")
+        keep_warm = asyncio.create_task(_keep_warm(llm), name="llm-keep-warm")
         try:
             yield
         finally:
-            warmup.cancel()
-            await asyncio.gather(warmup, return_exceptions=True)
+            for task in (warmup, keep_warm):
+                task.cancel()
+            await asyncio.gather(warmup, keep_warm, return_exceptions=True)
             await llm_client.close()
             await dg_http.aclose()
             await http.close()
@@ -168,3 +199,26 @@ def services_context(settings: Settings, metrics: Metrics) -> Callable[[web.Appl
 
 
 TRANSFER_TEXT = "One moment, I'm transferring your call."
+
+
+async def _warm_up(llm: OpenAiChat) -> None:
+    started = time.monotonic()
+    warm_stt_paths()
+    try:
+        async with asyncio.timeout(WARMUP_TIMEOUT_S):
+            await llm.warm_up()
+    except (ProviderError, TimeoutError) as exc:
+        log.warning("llm_warmup_failed", error=str(exc) or "timed out", effect="the first turn pays the connection")
+        return
+    log.info("providers_warmed", ms=round((time.monotonic() - started) * 1000, 1))
+
+
+async def _keep_warm(llm: OpenAiChat) -> None:
+    """Keep the pooled LLM connection from expiring between calls (KEEPALIVE_S) with a free request."""
+    while True:
+        await asyncio.sleep(KEEP_WARM_S)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S + LLM_READ_TIMEOUT_S):
+                await llm.keep_warm()
+        except (ProviderError, TimeoutError) as exc:
+            log.info("llm_keep_warm_failed", error=str(exc) or "timed out")

@@ -3,6 +3,15 @@
 Inputs are method calls carrying ``now`` (seconds, monotonic); each returns the actions the session must carry out.
 No clocks, no sockets: every rule below is unit-tested without sleeping.
 
+Speculation (preemptive generation, see DESIGN.md "A speculative turn"): once the caller's words are known with
+confidence while the turn may be ending — the answer to an early :class:`Finalize` sent after
+``preemptive_silence_ms`` of local silence, or Flux's EagerEndOfTurn — the machine asks for a :class:`Speculate`;
+the caller going on (local VAD speech, or Flux's TurnResumed) gives :class:`DropSpeculation`; the confirmed end of
+the turn is the usual :class:`Reply`, which the session adopts the speculation for when the words are the same.
+In the Nova mode the end of a speculated turn is confirmed locally: ``endpoint_silence_ms`` of VAD silence (the
+recogniser's own endpointing rule), or the recogniser's ``speech_final``/``UtteranceEnd``, whichever comes first.
+At most ``max_speculations`` per caller turn, and never while the bot speaks.
+
 Barge-in (see DESIGN.md): stage 1 — while the bot speaks (after the grace period, if interruptible), local VAD
 speech for ``min_speech_ms``, Deepgram ``SpeechStarted`` or a non-empty interim transcript → :class:`Clear` at once
 and pause. Stage 2 — real words (anything but a backchannel) → :class:`CancelTurn`; a backchannel, silence or noise
@@ -64,7 +73,21 @@ class EndCall:
     reason: str
 
 
-Action = Clear | Resume | CancelTurn | Reply | Finalize | IdlePrompt | EndCall
+@dataclass(frozen=True, slots=True)
+class Speculate:
+    """The caller may have finished with ``text``: start the reply now, held until a :class:`Reply` adopts it."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class DropSpeculation:
+    """The caller went on: abort the held reply at once."""
+
+    reason: str
+
+
+Action = Clear | Resume | CancelTurn | Reply | Finalize | IdlePrompt | EndCall | Speculate | DropSpeculation
 
 
 class Phase(enum.Enum):
@@ -85,6 +108,11 @@ class TurnConfig:
     idle_reprompts: int = 2
     dtmf_timeout_s: float = 1.5
     backchannels: tuple[str, ...] = ("uh-huh", "mm-hmm", "yeah", "okay")
+    flux: bool = False  # the recogniser reports turns (Deepgram Flux): no Finalize, turn events end the turn
+    preemptive: bool = False  # speculate on an early Finalize's answer (the Nova mode; Flux speculates on eager)
+    preemptive_silence_ms: int = 60
+    endpoint_silence_ms: int = 300
+    max_speculations: int = 2
 
 
 _WORD_RE = re.compile(r"[a-z0-9']+")
@@ -141,7 +169,15 @@ class TurnTaking:
         self._dtmf: list[str] = []
         self._dtmf_deadline: float | None = None
         self._min_speech_frames = max(1, config.min_speech_ms // FRAME_MS)
-        self._finalize_frames = max(1, config.finalize_silence_ms // FRAME_MS) if config.finalize_silence_ms else 0
+        self._finalize_frames = (
+            max(1, config.finalize_silence_ms // FRAME_MS) if config.finalize_silence_ms and not config.flux else 0
+        )
+        self._early_frames = max(1, config.preemptive_silence_ms // FRAME_MS)
+        self._endpoint_frames = max(1, config.endpoint_silence_ms // FRAME_MS)
+        self._speculation: str | None = None  # text of the held reply, if one runs
+        self._speculations = 0  # started in this caller turn
+        self._early_finalizes = 0  # early Finalizes not yet answered
+        self._confirming = False  # a speculation waits for the local end-of-turn silence
 
     # --- bot side ------------------------------------------------------------------------------------------------
 
@@ -191,9 +227,27 @@ class TurnTaking:
                 self._push_idle(now)
                 if self._can_barge_in(now):
                     return self._stage_one(now)
+                if self._speculation is not None and not self.config.flux:
+                    return self._drop("caller_continued")
             return []
         self._speech_frames = 0
         self._silence_frames += 1
+        if self._confirming and self._silence_frames >= self._endpoint_frames and self.phase is Phase.LISTENING:
+            return self._end_of_utterance(now)  # the recogniser's endpointing rule, measured locally
+        if (
+            self.config.preemptive
+            and self._in_speech
+            and self._silence_frames == self._early_frames
+            and not self._finalize_sent
+            and self.phase is Phase.LISTENING
+            and self._speculations < self.config.max_speculations
+        ):
+            # The answer starts a speculation instead of ending the turn. Out of speech, so that the caller going
+            # on makes a new turn segment (and a later pause may speculate again).
+            self._in_speech = False
+            self._finalize_sent = True
+            self._early_finalizes += 1
+            return [Finalize()]
         if (
             self._in_speech
             and self._finalize_frames
@@ -246,9 +300,30 @@ class TurnTaking:
         if is_final and words:
             self._utterance.finals.append(text)
             self._utterance.has_words = self._utterance.has_words or real_words
+        if is_final and from_finalize and not speech_final and self._early_finalizes:
+            self._early_finalizes -= 1
+            return actions + self._early_final(now)
         if is_final and (speech_final or from_finalize):
             actions += self._end_of_utterance(now)
         return actions
+
+    def turn_event(self, event: str, text: str, now: float) -> list[Action]:
+        """A Flux turn event (``start``, ``update``, ``eager_end``, ``resumed``, ``end``) with the turn's words."""
+        if self.phase is Phase.ENDED:
+            return []
+        if event == "start":
+            return self.speech_started(now)
+        if event == "update":
+            return self.transcript(text, is_final=False, speech_final=False, from_finalize=False, now=now)
+        if event == "eager_end":
+            return self._speculate(text)
+        if event == "resumed":
+            return self._drop("turn_resumed") if self._speculation is not None else []
+        if event == "end":
+            # Flux's EndOfTurn carries the whole turn: it replaces any pieces seen so far.
+            self._utterance.finals.clear()
+            return self.transcript(text, is_final=True, speech_final=True, from_finalize=False, now=now)
+        return []
 
     def utterance_end(self, now: float) -> list[Action]:
         """No word for ``utterance_end_ms``: the fallback end of the caller's turn."""
@@ -330,9 +405,41 @@ class TurnTaking:
         self._held_reply = None
         return CancelTurn(reason)
 
+    def _early_final(self, now: float) -> list[Action]:
+        """The answer to an early Finalize: speculate on it, unless the caller has already gone on."""
+        if self._in_speech and self._silence_frames < self._early_frames:
+            return []  # speaking again: this was a piece of the sentence
+        if self._silence_frames >= self._endpoint_frames:
+            return self._end_of_utterance(now)  # already confirmed: no need to hold anything
+        self._confirming = bool(self._utterance.finals)  # words to answer, held or not: confirm locally
+        return self._speculate(self._utterance.text() if self._utterance.has_words else "")
+
+    def _speculate(self, text: str) -> list[Action]:
+        if (
+            self.phase is not Phase.LISTENING
+            or self._speculations >= self.config.max_speculations
+            or self.backchannels.only_backchannel(text)
+        ):
+            return []
+        if self._speculation is not None and normalize(self._speculation) == normalize(text):
+            return []
+        self._speculations += 1
+        self._speculation = text
+        return [Speculate(text)]
+
+    def _drop(self, reason: str) -> list[Action]:
+        self._speculation = None
+        self._confirming = False
+        return [DropSpeculation(reason)]
+
     def _end_of_utterance(self, now: float) -> list[Action]:
         utterance, self._utterance = self._utterance, _Utterance()
         self._in_speech = False
+        # The Reply (if any) adopts or replaces the speculation; either way this caller turn is over.
+        self._speculation = None
+        self._speculations = 0
+        self._confirming = False
+        self._early_finalizes = 0
         text = utterance.text()
         if not text:
             return []

@@ -23,7 +23,7 @@ from .deepgram_stt import IDLE_CLOSE_CODE, IDLE_CLOSE_REASON
 from .deepgram_tts import synthesize
 from .faults import Faults, LlmFaults, SttFaults, TtsFaults
 from .log import Event, EventLog
-from .openai_chat import LlmReply, ToolCall, tokenize
+from .openai_chat import LlmReply, ToolCall, invalid_sequence, tokenize
 
 __all__ = [
     "DEFAULT_TRANSCRIPT",
@@ -45,6 +45,7 @@ __all__ = [
     "TtsConfig",
     "TtsFaults",
     "TwilioConfig",
+    "invalid_sequence",
     "running_emulators",
     "synthesize",
     "tokenize",

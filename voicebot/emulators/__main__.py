@@ -1,7 +1,9 @@
 """Run the emulators by hand: ``python -m voicebot.emulators --port 8765 [--fast] [--script FILE]``.
 
 The script file is JSON: ``{"stt": ["What are your hours?", ""], "llm": ["Plain reply",
-{"text": "Bye!", "tool_calls": [{"name": "end_call", "arguments": {"reason": "done"}}]}]}``.
+{"text": "Bye!", "tool_calls": [{"name": "end_call", "arguments": {"reason": "done"}}]}]}``. In an STT item,
+``" | "`` marks a pause mid-sentence (``"I'd like to book | for Friday."``): the words after it exist only once
+the caller speaks again. Deepgram's ``/v1/listen`` (Nova) and ``/v2/listen`` (Flux, TurnInfo events) both serve it.
 """
 
 from __future__ import annotations

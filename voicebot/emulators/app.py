@@ -46,11 +46,13 @@ class Emulators:
     def _make_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/v1/listen", self.stt.handle)
+        app.router.add_get("/v2/listen", self.stt.handle_v2)
         app.router.add_post("/v1/speak", self.tts.handle)
         app.router.add_get("/v1/speak", self.speak_socket.handle)
         app.router.add_post("/v1/text-to-speech/{voice_id}/stream", self.elevenlabs.handle)
         app.router.add_get("/tts/websocket", self.cartesia.handle)
         app.router.add_post("/v1/chat/completions", self.llm.handle)
+        app.router.add_get("/v1/models", self.llm.models)
         account = "/2010-04-01/Accounts/{account_sid}"
         app.router.add_post(account + "/Calls/{call_sid}.json", self.twilio.handle, name="call")
         app.router.add_post(account + "/Calls.json", self.twilio.handle, name="calls")

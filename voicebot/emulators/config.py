@@ -32,6 +32,13 @@ class SttConfig:
     """Speech time per scripted word: the interim reveals one more word each ``ms_per_word``."""
     no_endpointing_final_ms: float = 1000.0
     """With ``endpointing=false``, silence after which a final (``speech_final: false``) is sent anyway."""
+    pause_ms: float = 100.0
+    """Silence inside an utterance after which voice starts the next ``" | "`` part of a scripted transcript."""
+    flux_complete_silence_ms: float = 500.0
+    """Flux: silence after which the end-of-turn confidence reaches 1.0 when the whole scripted sentence is said
+    (it rises linearly: with the default ``eot_threshold`` 0.7 the turn ends after 350 ms of silence)."""
+    flux_incomplete_silence_ms: float = 1000.0
+    """The same while parts of the scripted sentence are still to come: Flux's model hears an unfinished sentence."""
     default_transcript: str = DEFAULT_TRANSCRIPT
     """Transcript used when the script is empty."""
     confidence: float = 0.98

@@ -1,10 +1,11 @@
-"""Deepgram live STT emulator: ``GET /v1/listen`` WebSocket (I/O shell around :mod:`.stt_engine`)."""
+"""Deepgram live STT emulator: ``GET /v1/listen`` and Flux's ``GET /v2/listen`` WebSockets (I/O shells around
+:mod:`.stt_engine` and :mod:`.flux_engine`)."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -14,6 +15,7 @@ from voicebot.audio import BYTES_PER_MS
 from .common import Runtime, abort_connection, accepts, credential, json_response, new_request_id, sleep_ms
 from .config import SttConfig
 from .faults import SttFaults, wait_stall
+from .flux_engine import FluxEngine, FluxOptions
 from .log import EventLog
 from .stt_engine import ListenOptions, Message, SttEngine
 
@@ -28,6 +30,16 @@ CLOSE_HANDSHAKE_TIMEOUT_S = 2.0
 OUTBOUND_QUEUE_MESSAGES = 256
 """Messages waiting for ``result_delay_ms``; when full the receive loop blocks (back-pressure to the client)."""
 MAX_MESSAGE_BYTES = 1 << 20
+
+
+class _Engine(Protocol):
+    request_id: str
+    audio_bytes: int
+
+    @property
+    def audio_s(self) -> float: ...
+    def feed(self, data: bytes) -> list[Message]: ...
+    def control(self, kind: str | None, message: dict[str, Any]) -> tuple[list[Message], bool]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +65,13 @@ class SttService:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """``GET /v1/listen``: check, upgrade, then run the connection."""
+        return await self._handle(request, flux=False)
+
+    async def handle_v2(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v2/listen`` (Flux): check, upgrade, then run the connection."""
+        return await self._handle(request, flux=True)
+
+    async def _handle(self, request: web.Request, *, flux: bool) -> web.StreamResponse:
         log = self._runtime.log
         request_id = new_request_id()
         if not accepts(credential(request, "Token") or credential(request, "Bearer"), self.key):
@@ -64,18 +83,24 @@ class SttService:
         if status is not None:
             log.append("stt", "rejected", status=status, request_id=request_id)
             return _refuse(status, f"Injected error {status}.", request_id, faults.error_headers())
+        engine: _Engine
         try:
-            options = ListenOptions.parse(request.query)
+            if flux:
+                engine = FluxEngine(FluxOptions.parse(request.query), self.config, self.next_transcript, request_id)
+            else:
+                engine = SttEngine(ListenOptions.parse(request.query), self.config, self.next_transcript, request_id)
         except ValueError as exc:
             log.append("stt", "rejected", status=400, request_id=request_id, error=str(exc))
             return _refuse(400, str(exc), request_id)
         ws = web.WebSocketResponse(compress=False, timeout=CLOSE_HANDSHAKE_TIMEOUT_S, max_msg_size=MAX_MESSAGE_BYTES)
         ws.headers["dg-request-id"] = request_id
         await ws.prepare(request)
-        engine = SttEngine(options, self.config, self.next_transcript, request_id)
-        log.append("stt", "open", request_id=request_id, query=dict(request.query))
+        log.append("stt", "open", request_id=request_id, query=dict(request.query), version=2 if flux else 1)
         with self._runtime.handler():
-            await _Connection(self, request, ws, engine).run()
+            connection = _Connection(self, request, ws, engine)
+            if isinstance(engine, FluxEngine):
+                await connection.enqueue(engine.connected())
+            await connection.run()
         return ws
 
 
@@ -95,7 +120,7 @@ def _refuse(status: int, message: str, request_id: str, headers: dict[str, str] 
 class _Connection:
     """One accepted socket: a receive loop (this task) and a sender task that applies the result delay."""
 
-    def __init__(self, service: SttService, request: web.Request, ws: web.WebSocketResponse, engine: SttEngine) -> None:
+    def __init__(self, service: SttService, request: web.Request, ws: web.WebSocketResponse, engine: _Engine) -> None:
         self._service = service
         self._request = request
         self._ws = ws
@@ -139,14 +164,14 @@ class _Connection:
                 msg = await ws.receive(timeout=self._service.config.idle_timeout_s)
             except TimeoutError:
                 self._log.append("stt", "idle_timeout", request_id=engine.request_id)
-                await self._enqueue(_Close(IDLE_CLOSE_CODE, IDLE_CLOSE_REASON))
+                await self.enqueue(_Close(IDLE_CLOSE_CODE, IDLE_CLOSE_REASON))
                 return True
             if msg.type is WSMsgType.BINARY:
                 data: bytes = msg.data
                 if not data:
                     continue
                 for out in engine.feed(data):
-                    await self._enqueue(out)
+                    await self.enqueue(out)
                 drop_ms = faults.drop_after_audio_ms
                 if drop_ms is not None and engine.audio_bytes >= drop_ms * BYTES_PER_MS:
                     await self._drop(faults.drop_abrupt)
@@ -163,28 +188,23 @@ class _Connection:
                 return False
 
     async def _control(self, text: str) -> bool:
-        """Handle a text frame; True when it was ``CloseStream``."""
+        """Handle a text frame; True when the socket closes after it (``CloseStream``, a Flux protocol error)."""
         engine = self._engine
         try:
-            kind = orjson.loads(text).get("type")
-        except (orjson.JSONDecodeError, AttributeError):
-            kind = None
+            message = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            message = None
+        if not isinstance(message, dict):
+            message = {}
+        kind = message.get("type")
         self._log.append("stt", "control", request_id=engine.request_id, type=kind)
-        if kind == "KeepAlive":
-            return False
-        if kind == "Finalize":
-            for out in engine.finalize():
-                await self._enqueue(out)
-            return False
-        if kind == "CloseStream":
-            for out in engine.close_stream():
-                await self._enqueue(out)
-            await self._enqueue(_Close(1000, ""))
-            return True
-        await self._enqueue(
-            {"type": "Error", "variant": "SchemaError", "description": "Unknown message type.", "message": text}
-        )
-        return False
+        replies, close = engine.control(kind if isinstance(kind, str) else None, message)
+        for out in replies:
+            await self.enqueue(out)
+        if close:
+            error = next((m for m in replies if m.get("type") == "Error"), None)
+            await self.enqueue(_Close(1000, "") if error is None else _Close(1008, str(error.get("code", ""))))
+        return close
 
     async def _drop(self, abrupt: bool) -> None:
         self._end("drop", abrupt=abrupt)
@@ -193,7 +213,8 @@ class _Connection:
         else:
             await self._ws.close(code=1011, message=DROP_CLOSE_REASON.encode())
 
-    async def _enqueue(self, item: Message | _Close) -> None:
+    async def enqueue(self, item: Message | _Close) -> None:
+        """Queue a message (or the close) for the sender, due after ``result_delay_ms``."""
         due = self._loop.time() + self._service.config.result_delay_ms / 1000
         await self._queue.put((due, item))
 
@@ -235,5 +256,15 @@ def _log_sent(log: EventLog, request_id: str, msg: Message) -> None:
         log.append("stt", "speech_started", request_id=request_id, timestamp=msg["timestamp"])
     elif kind == "UtteranceEnd":
         log.append("stt", "utterance_end", request_id=request_id, last_word_end=msg["last_word_end"])
+    elif kind == "TurnInfo":
+        log.append(
+            "stt",
+            "turn_info",
+            request_id=request_id,
+            event=msg["event"],
+            turn_index=msg["turn_index"],
+            transcript=msg["transcript"],
+            end_of_turn_confidence=msg["end_of_turn_confidence"],
+        )
     else:
         log.append("stt", kind.lower(), request_id=request_id)

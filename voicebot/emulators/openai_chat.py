@@ -17,6 +17,8 @@ from .config import LlmConfig
 from .faults import LlmFaults, wait_stall
 from .log import Event
 
+DEFAULT_RESULT_CHARS = 120
+"""How much of a tool result the rule-based default reply reads out."""
 ARGUMENT_FRAGMENT_CHARS = 5
 """Tool-call arguments are streamed in fragments of this many characters, like the real API's small pieces."""
 
@@ -75,8 +77,62 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(text)
 
 
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+MISSING_TOOL_RESPONSES = (
+    "An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. "
+    "The following tool_call_ids did not have response messages: {ids}"
+)
+TOOL_WITHOUT_CALL = (
+    "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls'."
+)
+
+
+def invalid_sequence(messages: Sequence[Any]) -> tuple[str, str] | None:
+    """Why OpenAI would refuse this message list with a 400, as ``(message, param)``; None when it is valid.
+
+    The rules the real API enforces on tool use (texts as the API words them, its "preceeding" typo included):
+    every assistant message with ``tool_calls`` is followed, before any other message, by one ``tool`` message per
+    call id; a ``tool`` message must answer a call of the assistant message just before its run of tool messages.
+    """
+    open_ids: list[str] = []  # ids of the last tool_calls message not answered yet
+    answerable: set[str] = set()  # ids the current run of tool messages may answer
+    opened_at = 0
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping) or message.get("role") not in _ROLES:
+            return f"Invalid value for 'role' at messages[{index}].", f"messages.[{index}].role"
+        role = message["role"]
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str) or not call_id:
+                return (
+                    "Missing parameter 'tool_call_id': messages with role 'tool' must have a 'tool_call_id'.",
+                    f"messages.[{index}].tool_call_id",
+                )
+            if call_id not in answerable:
+                return TOOL_WITHOUT_CALL, f"messages.[{index}].role"
+            answerable.discard(call_id)  # a second answer to the same id has nothing left to answer
+            if call_id in open_ids:
+                open_ids.remove(call_id)
+            continue
+        if open_ids:
+            return MISSING_TOOL_RESPONSES.format(ids=", ".join(open_ids)), f"messages.[{opened_at}].role"
+        answerable = set()
+        calls = message.get("tool_calls") if role == "assistant" else None
+        if calls:
+            ids = [c.get("id") for c in calls if isinstance(c, Mapping)]
+            if len(ids) != len(calls) or not all(isinstance(i, str) and i for i in ids):
+                return f"Missing required parameter: 'messages[{index}].tool_calls[0].id'.", f"messages.[{index}]"
+            open_ids, answerable, opened_at = [str(i) for i in ids], {str(i) for i in ids}, index
+    if open_ids:
+        return MISSING_TOOL_RESPONSES.format(ids=", ".join(open_ids)), f"messages.[{opened_at}].role"
+    return None
+
+
 def default_reply(messages: Sequence[Mapping[str, Any]]) -> LlmReply:
     """A small rule-based answer to the last user message, used when the script is empty."""
+    if messages and messages[-1].get("role") == "tool":
+        result = str(messages[-1].get("content") or "")[:DEFAULT_RESULT_CHARS]
+        return LlmReply(f"Here is what I found: {result}")
     last = next((m for m in reversed(messages) if m.get("role") == "user"), None)
     content = last.get("content") if last is not None else None
     if isinstance(content, list):  # content parts
@@ -114,6 +170,14 @@ class LlmService:
             return LlmReply(item) if isinstance(item, str) else item
         return default_reply(messages)
 
+    async def models(self, request: web.Request) -> web.Response:
+        """``GET /v1/models``: the configured model (the bot's keep-warm request)."""
+        if not accepts(credential(request, "Bearer"), self.key):
+            return _error(401, "Incorrect API key provided.", "invalid_api_key")
+        self._runtime.log.append("llm", "models")
+        model = {"id": self.config.model, "object": "model", "created": 0, "owned_by": "emulator"}
+        return json_response(200, {"object": "list", "data": [model]})
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/chat/completions``."""
         with self._runtime.handler():
@@ -137,9 +201,18 @@ class LlmService:
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             log.append("llm", "rejected", status=400, request_id=request_id)
             return _error(400, "'messages' is a required property", None)
+        # The bot's one-token startup warm-up (voicebot.providers.openai_llm) is not a turn: logged apart, and it
+        # leaves the script alone.
+        warmup = body.get("user") == "voicebot-warmup"
+        invalid = invalid_sequence(body["messages"])
+        if invalid is not None:
+            message, param = invalid
+            # Its own event kind: tests assert that no request of the bot was ever an invalid sequence.
+            log.append("llm", "invalid_messages", status=400, request_id=request_id, error=message, param=param)
+            return _error(400, message, None, param=param)
         log.append(
             "llm",
-            "request",
+            "warmup" if warmup else "request",
             request_id=request_id,
             model=body.get("model"),
             messages=body["messages"],
@@ -147,7 +220,7 @@ class LlmService:
             stream=bool(body.get("stream")),
             body=body,
         )
-        reply = self.next_reply(body["messages"])
+        reply = LlmReply("OK") if warmup else self.next_reply(body["messages"])
         model = body.get("model") or self.config.model
         completion = _Completion(request_id, model, reply, _prompt_tokens(body["messages"]))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -283,7 +356,14 @@ def _prompt_tokens(messages: Sequence[Any]) -> int:
     )
 
 
-def _error(status: int, message: str, code: str | None, headers: Mapping[str, str] | None = None) -> web.Response:
+def _error(
+    status: int,
+    message: str,
+    code: str | None,
+    headers: Mapping[str, str] | None = None,
+    *,
+    param: str | None = None,
+) -> web.Response:
     kind = _ERROR_TYPES.get(status, "server_error")
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return json_response(status, body, headers)

@@ -1,6 +1,11 @@
 """Sans-I/O core of the Deepgram live STT emulator: query options in, audio and control messages in,
 Deepgram JSON messages (as dicts) out. Everything is in audio time (bytes received / 8000), so a caller may
 stream faster than real time and still see the same results.
+
+A scripted transcript may contain ``" | "``: the parts are spoken in separate bursts of speech (a caller who
+pauses mid-sentence, "I'd like to book | for Friday."). A burst starts when voice follows at least
+``SttConfig.pause_ms`` of silence inside one utterance; the words of a part exist only once its burst has started,
+so a ``Finalize`` sent during the pause finalises only what was said before it, and the rest comes in a later final.
 """
 
 from __future__ import annotations
@@ -27,6 +32,18 @@ _FRAME_S = FRAME_MS / 1000
 _MODEL_VERSION = "2024-11-01.0"
 _WORD_STRIP = re.compile(r"^[^\w']+|[^\w']+$")
 _BOOL = {"true": True, "false": False}
+PART_SEPARATOR = "|"
+
+
+def split_parts(text: str) -> list[list[str]]:
+    """A scripted transcript as bursts of words: ``"I'd like | to book."`` -> ``[["I'd", "like"], ["to", "book."]]``."""
+    parts = [part.split() for part in text.split(PART_SEPARATOR)]
+    return [part for part in parts if part] or [[]]
+
+
+def voiced(frame: bytes, threshold: float) -> bool:
+    """Whether a 20 ms mu-law frame's RMS (16-bit scale) reaches ``threshold``."""
+    return sum(map(_SQUARES.__getitem__, frame)) >= threshold * threshold * len(frame)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,10 +118,22 @@ def _bool(query: Mapping[str, str], name: str) -> bool:
 
 @dataclass(slots=True)
 class _Utterance:
-    punctuated: list[str]  # the scripted words as spoken, e.g. "Hours."
+    parts: list[list[str]]  # the scripted words as spoken, e.g. "Hours.", one list per burst of speech
     start: float
-    voiced_ms: float = 0.0
-    finalized: bool = False
+    voiced_ms: float = 0.0  # in the current burst
+    burst: int = 0  # the part being spoken
+    final_parts: int = 0  # parts already sent in a final result
+    silent_ms: float = 0.0  # silence since the last voiced frame
+
+    @property
+    def finalized(self) -> bool:
+        """Everything said so far has been sent in a final result."""
+        return self.final_parts > self.burst
+
+    @property
+    def pending(self) -> list[str]:
+        """Words said so far and not yet in a final result."""
+        return [word for part in self.parts[self.final_parts : self.burst + 1] for word in part]
 
 
 class SttEngine:
@@ -166,6 +195,17 @@ class SttEngine:
             return [self._final(utt, now, speech_final=False, from_finalize=True)]
         return [self._results([], now, is_final=True, speech_final=False, from_finalize=True, advance=True)]
 
+    def control(self, kind: str | None, message: Mapping[str, object]) -> tuple[list[Message], bool]:
+        """A client text message; returns the messages to send and whether the socket closes after them."""
+        if kind == "KeepAlive":
+            return [], False
+        if kind == "Finalize":
+            return self.finalize(), False
+        if kind == "CloseStream":
+            return self.close_stream(), True
+        error = {"type": "Error", "variant": "SchemaError", "description": "Unknown message type.", "message": kind}
+        return [error], False
+
     def close_stream(self) -> list[Message]:
         """Answer a ``CloseStream``: the remaining final, then ``Metadata``."""
         now = self.audio_s
@@ -195,23 +235,26 @@ class SttEngine:
     def _frame(self, frame: bytes, out: list[Message]) -> None:
         self._frames += 1
         t = self._frames * _FRAME_S
-        threshold = self.config.speech_rms_threshold
-        voiced = sum(map(_SQUARES.__getitem__, frame)) >= threshold * threshold * len(frame)
         utt = self._utterance
-        if voiced:
+        if voiced(frame, self.config.speech_rms_threshold):
             if utt is None:
                 self._onset_ms += FRAME_MS
                 if self._onset_ms >= self.config.min_speech_ms:
                     utt = self._start_utterance(t - self._onset_ms / 1000, out)
             if utt is not None:
+                if utt.silent_ms >= self.config.pause_ms and utt.burst + 1 < len(utt.parts):
+                    utt.burst += 1  # the caller goes on after a pause: the next part of the sentence
+                    utt.voiced_ms = 0.0
+                utt.silent_ms = 0.0
                 utt.voiced_ms += FRAME_MS
                 self._last_voiced_end = t
-                if self.options.interim_results and not utt.finalized and utt.punctuated and t >= self._next_interim:
+                if self.options.interim_results and not utt.finalized and utt.pending and t >= self._next_interim:
                     self._next_interim = t + self.config.interim_interval_ms / 1000
                     out.append(self._interim(utt, t))
             return
         self._onset_ms = 0.0
         if utt is not None:
+            utt.silent_ms += FRAME_MS
             silence_ms = (t - self._last_voiced_end) * 1000
             endpointing = self.options.endpointing_ms
             limit = self.config.no_endpointing_final_ms if endpointing is None else endpointing
@@ -228,7 +271,7 @@ class SttEngine:
 
     def _start_utterance(self, start: float, out: list[Message]) -> _Utterance:
         text = self._next_transcript()
-        utt = _Utterance(text.split(), start)
+        utt = _Utterance(split_parts(text), start)
         self._utterance = utt
         self._utterance_end_due = None  # speech resumed inside the gap: no UtteranceEnd for the previous one
         self._next_interim = start + self.config.interim_interval_ms / 1000
@@ -237,20 +280,27 @@ class SttEngine:
         return utt
 
     def _interim(self, utt: _Utterance, now: float) -> Message:
-        n = len(utt.punctuated)
-        revealed = min(n, max(1, math.floor(utt.voiced_ms / self.config.ms_per_word)))
-        words = self._words(utt.punctuated[:revealed], utt.start, now)
+        earlier = [word for part in utt.parts[utt.final_parts : utt.burst] for word in part]
+        current = utt.parts[utt.burst]
+        revealed = min(len(current), max(1, math.floor(utt.voiced_ms / self.config.ms_per_word)))
+        words = self._words(earlier + current[:revealed], self._part_start(utt), now)
         return self._results(words, now, is_final=False, speech_final=False, from_finalize=False, advance=False)
 
     def _final(self, utt: _Utterance, now: float, *, speech_final: bool, from_finalize: bool) -> Message:
-        utt.finalized = True
-        end = max(self._last_voiced_end, utt.start)
-        words = self._words(utt.punctuated, utt.start, end)
+        pending = utt.pending
+        utt.final_parts = utt.burst + 1
+        start = self._part_start(utt)
+        end = max(self._last_voiced_end, start)
+        words = self._words(pending, start, end)
         if words and self.options.interim_results and self.options.utterance_end_ms is not None:
             self._utterance_end_due = words[-1]["end"]
         return self._results(
             words, now, is_final=True, speech_final=speech_final, from_finalize=from_finalize, advance=True
         )
+
+    def _part_start(self, utt: _Utterance) -> float:
+        # Words of a later part start where the previous final ended.
+        return utt.start if utt.final_parts == 0 else max(utt.start, self._cursor)
 
     def _words(self, punctuated: list[str], start: float, end: float) -> list[Message]:
         if not punctuated:

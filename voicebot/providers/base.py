@@ -38,7 +38,20 @@ class UtteranceEnd:
     kind: Literal["utterance_end"] = "utterance_end"
 
 
-SttEvent = SpeechStarted | Transcript | UtteranceEnd
+TurnEventKind = Literal["start", "update", "eager_end", "resumed", "end"]
+
+
+@dataclass(frozen=True, slots=True)
+class TurnEvent:
+    """A conversational recogniser's turn event (Deepgram Flux ``TurnInfo``); ``text`` is the turn so far."""
+
+    event: TurnEventKind
+    text: str
+    turn_index: int = 0
+    kind: Literal["turn"] = "turn"
+
+
+SttEvent = SpeechStarted | Transcript | UtteranceEnd | TurnEvent
 
 
 class SttStream(Protocol):

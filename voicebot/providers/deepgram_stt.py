@@ -39,7 +39,7 @@ def _translate(exc: BaseException) -> ProviderError:
     return translate_socket_error(PROVIDER, exc)
 
 
-_SDK_ERRORS = (ApiError, websockets.exceptions.WebSocketException, OSError, TimeoutError)
+SDK_ERRORS = (ApiError, websockets.exceptions.WebSocketException, OSError, TimeoutError)
 
 
 class DeepgramSttStream:
@@ -53,19 +53,19 @@ class DeepgramSttStream:
             return  # an empty binary frame makes Deepgram close the stream
         try:
             await self._conn.send_media(audio)
-        except _SDK_ERRORS as exc:
+        except SDK_ERRORS as exc:
             raise _translate(exc) from exc
 
     async def keep_alive(self) -> None:
         try:
             await self._conn.send_keep_alive()
-        except _SDK_ERRORS as exc:
+        except SDK_ERRORS as exc:
             raise _translate(exc) from exc
 
     async def finalize(self) -> None:
         try:
             await self._conn.send_finalize()
-        except _SDK_ERRORS as exc:
+        except SDK_ERRORS as exc:
             raise _translate(exc) from exc
 
     async def events(self) -> AsyncIterator[SttEvent]:
@@ -87,7 +87,7 @@ class DeepgramSttStream:
                     yield UtteranceEnd(last_word_end_s=float(msg.last_word_end))
                 elif isinstance(msg, ListenV1Error):
                     log.warning("stt_error_message", description=str(getattr(msg, "description", ""))[:200])
-        except _SDK_ERRORS as exc:
+        except SDK_ERRORS as exc:
             raise _translate(exc) from exc
         # A normal close (1000) ends the iterator: the stream is over, which the session treats as a drop.
         raise ProviderError(PROVIDER, "stream ended", transient=True)
@@ -118,5 +118,5 @@ class DeepgramStt:
         try:
             async with self._client.listen.v1.connect(**self._options) as conn:
                 yield DeepgramSttStream(conn)
-        except _SDK_ERRORS as exc:
+        except SDK_ERRORS as exc:
             raise _translate(exc) from exc

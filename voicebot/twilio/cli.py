@@ -175,7 +175,7 @@ async def cmd_call(args: argparse.Namespace, settings: Settings, http: aiohttp.C
     if (problem := public_url_problem(settings)) and not args.force:
         raise CommandError(problem + " (--force to call anyway)")
     try:
-        url = outbound.voice_url(settings.public_url, args.context)
+        url = outbound.voice_url(settings.public_http_url(""), args.context)
     except outbound.ContextError as exc:
         raise CommandError(f"--context: {exc}", status=2) from None
     _, status_url = bot_urls(settings)
