@@ -48,8 +48,9 @@ from bench_procs import (
     http_json,
     http_text,
     pick_ports,
-    rss_mib,
     run_delay_s,
+    tree_cpu_seconds,
+    tree_rss_mib,
     wait_http,
 )
 from bench_report import report
@@ -129,7 +130,11 @@ class Bench:
             if kind == "base":  # the same server from another source tree, for before/after in one run
                 cwd = self.args.baseline.resolve()
                 env |= {"PYTHONPATH": str(cwd), "VOICEBOT_TRANSCRIPT_DIR": str(self.transcripts_base)}
-            proc = await self.procs.start(kind, [PY, "-m", "voicebot"], SERVER_CORE, env, cwd=cwd)
+            argv, core = [PY, "-m", "voicebot"], SERVER_CORE
+            workers = getattr(self.args, "server_workers", 1)  # bench_voices.py builds its own args
+            if workers > 1:  # the whole machine: calls per machine, not per core
+                argv, core = [*argv, "--workers", str(workers)], f"{SERVER_CORE},{LOAD_CORE}"
+            proc = await self.procs.start(kind, argv, core, env, cwd=cwd)
             await wait_http(f"http://127.0.0.1:{port}/healthz", lambda s, t: s == 200 and '"ok"' in t, 60)
             await asyncio.sleep(1.0)  # the fixed phrases are synthesised at startup
         elif kind == "relay":
@@ -167,7 +172,7 @@ class Bench:
         await http_json("GET", f"{self.emu_url}/bench/events")  # start this phase's event log afresh
         window = None
         if measure is not None:
-            window = Window(rss_idle_mib=rss_mib(server.pid))
+            window = Window(rss_idle_mib=tree_rss_mib(server.pid))
         procs = self.caller_processes(calls)
         started = []
         for i in range(procs):
@@ -218,15 +223,15 @@ class Bench:
         metrics_url = f"http://127.0.0.1:{self.ports[kind]}/metrics"
         if kind in ("voicebot", "base"):
             window.metrics0 = await http_text(metrics_url)
-        window.t0, cpu0 = time.monotonic(), cpu_seconds(pid)
+        window.t0, cpu0 = time.monotonic(), tree_cpu_seconds(pid)
         delay0, busy0, load0 = run_delay_s(pid), core_busy_s(SERVER_CORE), core_busy_s(LOAD_CORE)
         gen = [p.pid for name, p in self.procs.running.items() if name.startswith(("callers-", "emulators"))]
         gen0 = sum(cpu_seconds(g) for g in gen)
         rss = []
         for _ in range(RSS_SAMPLES):
             await asyncio.sleep(timing.window_s / RSS_SAMPLES)
-            rss.append(rss_mib(pid))
-        window.t1, cpu1 = time.monotonic(), cpu_seconds(pid)
+            rss.append(tree_rss_mib(pid))
+        window.t1, cpu1 = time.monotonic(), tree_cpu_seconds(pid)
         window.cpu_s = cpu1 - cpu0
         window.run_delay_s = run_delay_s(pid) - delay0
         window.core_busy_s = core_busy_s(SERVER_CORE) - busy0
@@ -315,6 +320,8 @@ class Bench:
                                  profile=profile)  # fmt: skip
         await self.procs.stop("voicebot")
         await self.procs.stop("base")
+        if self.args.skip_relay:
+            return
         await self.start_server("relay")
         n = self.args.calls
         await self.run_phase("relay_n", "relay", calls=n, script="talk",
@@ -348,6 +355,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--sweep-calls", type=parse_calls, default=SWEEP, help="comma-separated (default 1,10,25,50,100,150)"
     )
     p.add_argument("--baseline", type=Path, help="with --sweep: also run the server from this source tree, per N")
+    p.add_argument("--skip-relay", action="store_true", help="with --sweep: no floor relay phase")
+    p.add_argument("--server-workers", type=int, default=1, help="voicebot --workers N, on both cores")
     p.add_argument("--calls-per-process", type=int, default=25, help="simulated callers per load process")
     p.add_argument("--base-port", type=int, default=18711)
     p.add_argument("--out", type=Path, default=ROOT / "build" / "bench" / "results.md")

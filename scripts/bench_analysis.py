@@ -218,6 +218,23 @@ def barge_ins(phase: Phase) -> Barge:
     return out
 
 
+def server_log_events(log: Path, call_sids: Iterable[str], events: Sequence[str]) -> Counter[str]:
+    """How many of the server's log lines with these ``event`` names belong to these calls."""
+    sids, wanted, out = set(call_sids), set(events), Counter[str]()
+    if log.exists():
+        for line in log.read_bytes().splitlines():
+            with contextlib.suppress(orjson.JSONDecodeError):
+                rec = orjson.loads(line)
+                if rec.get("event") in wanted and rec.get("call_sid") in sids:
+                    out[rec["event"]] += 1
+    return out
+
+
+def counter_total(text: str, name: str) -> float:
+    """A Prometheus counter added up over its label sets."""
+    return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.e+-]+)$", text, re.MULTILINE))
+
+
 def server_barge_lines(log: Path, call_sids: Iterable[str]) -> list[float]:
     """``since_speech_onset_ms`` of the server's ``barge_in_clear`` lines for these calls."""
     sids = set(call_sids)
@@ -240,6 +257,16 @@ def histogram(text: str, name: str) -> dict[float, float]:
     for le, count in pattern.findall(text):
         out[float(le)] = float(count)
     return out
+
+
+def histogram_merged(text: str, name: str) -> tuple[dict[float, float], float]:
+    """A labelled Prometheus histogram with its label sets added up: upper bound → count, and the sum."""
+    out: dict[float, float] = {}
+    pattern = re.compile(rf'^{re.escape(name)}_bucket\{{(?:[^}}]*,)?le="([^"]+)"\}} ([0-9.e+]+)$', re.MULTILINE)
+    for le, count in pattern.findall(text):
+        out[float(le)] = out.get(float(le), 0.0) + float(count)
+    sums = re.findall(rf"^{re.escape(name)}_sum(?:\{{[^}}]*\}})? ([0-9.e+-]+)$", text, re.MULTILINE)
+    return out, sum(float(v) for v in sums)
 
 
 def histogram_quantile(before: dict[float, float], after: dict[float, float], q: float) -> tuple[float | None, int]:

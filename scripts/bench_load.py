@@ -270,7 +270,7 @@ def summarise(result: CallResult) -> dict[str, Any]:
 
 async def run_callers(args: argparse.Namespace) -> dict[str, Any]:
     lag = LagProbe()
-    live = 0
+    settled = 0
     summaries: list[dict[str, Any]] = []
     errors: list[str] = []
     loop = asyncio.get_running_loop()
@@ -278,7 +278,7 @@ async def run_callers(args: argparse.Namespace) -> dict[str, Any]:
     cpu0 = _cpu_s()
 
     async def one(index: int) -> None:
-        nonlocal live
+        nonlocal settled
         await asyncio.sleep(max(0.0, origin + args.offset_s + index * args.spacing_s - loop.time()))
         caller = SimulatedCaller(
             args.server, script_for(args.script), auth_token=args.auth_token, public_url=args.public_url
@@ -286,11 +286,13 @@ async def run_callers(args: argparse.Namespace) -> dict[str, Any]:
         task = asyncio.create_task(caller.run(timeout=args.duration_s))
         try:
             await caller.wait_for("start_sent", START_TIMEOUT_S)
-            live += 1
-            if live == args.calls:
-                print(f"LIVE {time.monotonic():.6f}", flush=True)
         except (TimeoutError, CallerError) as exc:
             errors.append(f"call {index} never started: {exc!r}")
+        # Every call started or gave up: the window can begin (a call that never started shows in the results,
+        # and the window counts only the calls live through it).
+        settled += 1
+        if settled == args.calls:
+            print(f"LIVE {time.monotonic():.6f}", flush=True)
         try:
             summaries.append(summarise(await task))
         except CallerError as exc:

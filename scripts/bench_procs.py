@@ -73,6 +73,36 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and its descendants (/proc/PID/task/*/children), e.g. a server's ``--workers`` processes."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live descendants."""
+    total = 0.0
+    for p in tree_pids(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(p)
+    return total
+
+
+def tree_rss_mib(pid: int) -> float:
+    total = 0.0
+    for p in tree_pids(pid):
+        with contextlib.suppress(OSError):
+            total += rss_mib(p)
+    return total
+
+
 def run_delay_s(pid: int) -> float:
     """Seconds ``pid`` has spent runnable but waiting for a CPU (/proc/PID/schedstat, second field)."""
     with open(f"/proc/{pid}/schedstat") as f:

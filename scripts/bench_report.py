@@ -20,12 +20,15 @@ from bench_analysis import (
     Window,
     barge_ins,
     caller_latency,
+    counter_total,
     histogram,
+    histogram_merged,
     histogram_quantile,
     outside_hops,
     pct,
     server_barge_lines,
     server_hops,
+    server_log_events,
     trace_turns,
 )
 from bench_procs import LOAD_CORE, SERVER_CORE
@@ -263,6 +266,16 @@ def loop_lag_p99_ms(w: Window) -> float | None:
     return _ms(lag)
 
 
+def gc_figures(w: Window) -> tuple[int, float | None, float]:
+    """Garbage collections in a window: how many, the p99 pause (ms) and the share of the window they took."""
+    name = "voicebot_gc_pause_seconds"
+    (b0, s0), (b1, s1) = histogram_merged(w.metrics0, name), histogram_merged(w.metrics1, name)
+    p99, n = histogram_quantile(b0, b1, 0.99)
+    return n, _ms(p99), (s1 - s0) / max(w.t1 - w.t0, 1e-9)
+
+
+LOST = ("tts_segment_skipped", "llm_failed")
+"""Server log events that mean the caller lost part of a reply, or heard the apology instead of one."""
 TAIL_BUSY = 0.70
 """The tail target holds wherever the server's core is less busy than this."""
 TAIL_P99_SLACK_MS = 50.0
@@ -279,14 +292,16 @@ def sweep_section(bench: Bench) -> tuple[list[str], list[dict[str, Any]]]:
     lines = ["", f"## Load sweep (server on core {SERVER_CORE}; callers and emulators on core {LOAD_CORE})", ""]
     lines += [
         "Whole turn = caller speech end → first bot media (ms, every turn of the phase). Server hops p99 from its "
-        "transcripts: STT final → LLM request / segment → TTS request / TTS first byte → media. Tail target (where the "
+        "transcripts: STT final → LLM request / segment → TTS request / TTS first byte → media; in brackets the same "
+        "hops from outside (emulators' and caller's timestamps, see Method). Tail target (where the "
         f"server's core is < {TAIL_BUSY:.0%} busy): whole-turn p99 ≤ 1-call p99 + {TAIL_P99_SLACK_MS:.0f} ms and "
         f"loop lag p99 ≤ {TAIL_LAG_P99_MS:.0f} ms.",
         "",
         "| N | live | whole turn p50 / p95 / p99 (n) | server hops p99 | server CPU (waiting) | CPU / call-min "
-        "| loop lag p99 | load generator CPU (load core busy, all processes) | caller procs: max CPU, max lag p99 "
-        "| emulators lag p99 | calls ok | tail |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| loop lag p99 | GC: count, pause p99, share "
+        "| load generator CPU (load core busy, all processes) | caller procs: max CPU, max lag p99 "
+        "| emulators lag p99 | calls ok | pool waits, TTS segments skipped, LLM failures | tail |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     if any(p.name.startswith("base_") for p in phases):
         lines[5:5] = [f"Rows marked *base* ran the server from `{bench.args.baseline}` (before), interleaved with this "
@@ -302,8 +317,14 @@ def sweep_section(bench: Bench) -> tuple[list[str], list[dict[str, Any]]]:
         inside, _ = server_hops(transcripts, [c["call_sid"] for c in phase.calls])
         base_p99 = one.get(which)
         hops = " / ".join(fmt(pct(inside[h], 99)) for h in HOPS)
+        outside = outside_hops(trace_turns(phase).values())
+        hops += " (outside: " + " / ".join(fmt(pct(outside[h], 99)) for h in HOPS) + ")"
         busy = w.cpu_s / span
         lag = loop_lag_p99_ms(w)
+        gcs = gc_figures(w)
+        name = "voicebot_provider_pool_waits_total"
+        waits = counter_total(w.metrics1, name) - counter_total(w.metrics0, name)
+        lost = server_log_events(bench.server_log, [c["call_sid"] for c in phase.calls], LOST)
         proc_cpu = max((c for c, _ in phase.caller_procs), default=0.0)
         proc_lag = max((lg for _, lg in phase.caller_procs if lg is not None), default=None)
         ok = sum(1 for c in phase.calls if c["ok"])
@@ -318,15 +339,19 @@ def sweep_section(bench: Bench) -> tuple[list[str], list[dict[str, Any]]]:
         lines.append(
             f"| {len(phase.calls)}{' *base*' if which == 'base' else ''} | {w.live_calls} | {p3(lat)} | {hops} | "
             f"{busy:.0%} ({w.run_delay_s / span:.0%}) | "
-            f"{fmt(cpu_per_call_minute(phase), 3)} | {fmt(lag)} ms | {w.load_gen_cpu_s / span:.0%} "
+            f"{fmt(cpu_per_call_minute(phase), 3)} | {fmt(lag)} ms | {gcs[0]}, {fmt(gcs[1])} ms, {gcs[2]:.1%} | "
+            f"{w.load_gen_cpu_s / span:.0%} "
             f"({w.load_core_busy_s / span:.0%}) | "
             f"{len(phase.caller_procs)}: {proc_cpu:.0%}, {fmt(_ms(proc_lag))} ms | "
-            f"{fmt(_ms(pct(phase.emulator_lag_s, 99)))} ms | {ok} / {len(phase.calls)} | {tail} |"
+            f"{fmt(_ms(pct(phase.emulator_lag_s, 99)))} ms | {ok} / {len(phase.calls)} | "
+            f"{waits:.0f}, {lost['tts_segment_skipped']}, {lost['llm_failed']} | {tail} |"
         )
         raw.append({
             "phase": phase.name, "calls": len(phase.calls), "live": w.live_calls, "whole_turn_ms": lat,
             "server_hops_ms": inside,
             "server_busy": busy, "cpu_per_call_minute": cpu_per_call_minute(phase), "loop_lag_p99_ms": lag,
+            "outside_hops_ms": outside,
+            "gc": gcs, "pool_waits": waits, "lost": dict(lost),
             "load_core_busy": w.load_core_busy_s / span, "load_gen_cpu": w.load_gen_cpu_s / span,
             "server_run_delay": w.run_delay_s / span, "caller_procs": phase.caller_procs,
             "emulator_lag_p99_ms": _ms(pct(phase.emulator_lag_s, 99)), "ok": ok, "rss_mib": w.rss_mib,

@@ -1,13 +1,15 @@
 """Soak and leak check: N concurrent simulated calls for M minutes against the emulators.
 
     python scripts/soak.py --calls 20 --minutes 5
+    python scripts/soak.py --calls 20 --minutes 5 --tracemalloc build/mem   # what the server holds, by site
 
 Starts the emulators and the bot as separate processes (127.0.0.1 only), keeps N calls going (each call: the
 greeting, then a question every few seconds, then a hang-up; a new call starts when one ends) until the time is
 up, and reports calls completed, errors, the server's RSS over time, and its asyncio tasks and open file
 descriptors at the baseline (after one warm-up call), after the soak, and after a second, shorter round (a leak
 shows as growth between the two rounds). Prints one JSON object last; exit status 1 if any call failed or
-anything leaked.
+anything leaked. ``rss_last_half_drift_pct`` is the largest distance of the RSS in the second half of the main
+round from its value at the half (a flat line is near 0).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +43,10 @@ AUTH_TOKEN = "soak-auth-token"
 ACCOUNT_SID = "AC" + "5" * 32
 STARTUP_TIMEOUT_S = 30.0
 SAMPLE_EVERY_S = 5.0
+SAMPLES_PER_ROUND = 40
+"""A short round samples more often (every ``seconds / SAMPLES_PER_ROUND``, at most every SAMPLE_EVERY_S)."""
+SNAPSHOT_TIMEOUT_S = 120.0
+TOP_SITES = 12
 SETTLE_S = 2.0
 FD_SLACK = 2
 """Pooled keep-alive connections to the providers may differ by one or two between two idle moments."""
@@ -88,8 +95,8 @@ async def _metric(http: aiohttp.ClientSession, base: str, name: str) -> float:
     return 0.0
 
 
-async def _wait_up(http: aiohttp.ClientSession, url: str) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+async def _wait_up(http: aiohttp.ClientSession, url: str, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
     while True:
         try:
             async with http.get(url) as resp:
@@ -141,7 +148,56 @@ async def _start_later(delay: float, coro: Any) -> None:
     await coro
 
 
-async def soak(calls: int, seconds: float, turns: int) -> dict[str, Any]:
+def rss_last_half_drift_pct(samples: list[tuple[float, float]]) -> float | None:
+    """Largest |RSS - RSS at the half| over the second half of the samples, in % of RSS at the half."""
+    if len(samples) < 4:
+        return None
+    half_t = samples[-1][0] / 2
+    later = [rss for t, rss in samples if t >= half_t]
+    return round(100 * max(abs(r - later[0]) for r in later) / later[0], 2)
+
+
+class Snapshots:
+    """Asks the server (run by scripts/memtrace.py) for tracemalloc snapshots and compares them."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.taken: list[str] = []
+
+    async def take(self, pid: int, label: str) -> None:
+        path = self.out / f"snap-{len(self.taken)}.txt"
+        os.kill(pid, signal.SIGUSR1)
+        deadline = time.monotonic() + SNAPSHOT_TIMEOUT_S
+        while not path.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no snapshot {path}")
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)  # the .tracemalloc file is written before the .txt
+        self.taken.append(label)
+
+    def report(self) -> list[dict[str, Any]]:
+        out = []
+        for i in range(1, len(self.taken)):
+            if not (self.out / f"snap-{i}.tracemalloc").exists():  # MEMTRACE_TRIM=1: figures only
+                out.append({"to": self.taken[i], "figures": (self.out / f"snap-{i}.txt").read_text().strip()})
+                continue
+            before = tracemalloc.Snapshot.load(str(self.out / f"snap-{i - 1}.tracemalloc"))
+            after = tracemalloc.Snapshot.load(str(self.out / f"snap-{i}.tracemalloc"))
+            diff = after.compare_to(before, "traceback")
+            out.append({
+                "from": self.taken[i - 1], "to": self.taken[i],
+                "traced": [(self.out / f"snap-{k}.txt").read_text().strip() for k in (i - 1, i)],
+                "grew_kib": round(sum(d.size_diff for d in diff) / 1024, 1),
+                "top": [{"kib": round(d.size_diff / 1024, 1), "count": d.count_diff,
+                         "where": [f"{f.filename}:{f.lineno}" for f in d.traceback][-6:]}
+                        for d in diff[:TOP_SITES]],
+            })  # fmt: skip
+        return out
+
+
+async def soak(
+    calls: int, seconds: float, turns: int, trace: Path | None = None, server_env: dict[str, str] | None = None
+) -> dict[str, Any]:
     emu_port, bot_port = _free_port(), _free_port()
     emu = f"http://127.0.0.1:{emu_port}"
     base = f"http://127.0.0.1:{bot_port}"
@@ -162,15 +218,21 @@ async def soak(calls: int, seconds: float, turns: int) -> dict[str, Any]:
             "VOICEBOT_TRANSCRIPT_DIR": tmp,
             "VOICEBOT_MAX_CALLS": str(calls * 2 + 10),
         }
+        bot_env = {**env, **(server_env or {})}
         emulator_args = [sys.executable, "-m", "voicebot.emulators", "--port", str(emu_port), "--quiet", "--fast"]
         emulator_args += ["--tts-bytes-per-second", "16000", "--llm-tokens-per-second", "50"]
+        bot_args = [sys.executable, "-m", "voicebot"]
+        snaps = None
+        if trace is not None:
+            bot_args = [sys.executable, str(REPO / "scripts" / "memtrace.py"), str(trace)]
+            snaps = Snapshots(trace)
         with (
             _process(emulator_args, env),
-            _process([sys.executable, "-m", "voicebot"], env) as bot,
+            _process(bot_args, bot_env) as bot,
         ):
             async with aiohttp.ClientSession() as http:
                 await _wait_up(http, emu + "/healthz")
-                await _wait_up(http, base + "/healthz")
+                await _wait_up(http, base + "/healthz", STARTUP_TIMEOUT_S * (4 if trace else 1))  # tracemalloc: slow
                 warm = await _round(base, 1, 0.1, 1)  # one call: pools and caches warm, then the baseline
                 await asyncio.sleep(SETTLE_S)
                 baseline = {
@@ -178,13 +240,15 @@ async def soak(calls: int, seconds: float, turns: int) -> dict[str, Any]:
                     "fds": _fds(bot.pid),
                     "tasks": await _metric(http, base, "voicebot_asyncio_tasks"),
                 }
+                if snaps is not None:
+                    await snaps.take(bot.pid, "baseline")
                 samples: list[tuple[float, float]] = []
                 started = time.monotonic()
 
                 async def sample() -> None:
                     while True:
                         samples.append((round(time.monotonic() - started, 1), round(_rss_mib(bot.pid), 1)))
-                        await asyncio.sleep(SAMPLE_EVERY_S)
+                        await asyncio.sleep(min(SAMPLE_EVERY_S, seconds / SAMPLES_PER_ROUND))
 
                 sampler = asyncio.ensure_future(sample())
                 try:
@@ -198,6 +262,8 @@ async def soak(calls: int, seconds: float, turns: int) -> dict[str, Any]:
                     "tasks": await _metric(http, base, "voicebot_asyncio_tasks"),
                     "active_calls": await _metric(http, base, "voicebot_active_calls"),
                 }
+                if snaps is not None:
+                    await snaps.take(bot.pid, "after")
                 second = await _round(base, calls, min(seconds, 20.0), turns)
                 await asyncio.sleep(SETTLE_S)
                 after_second = {
@@ -206,6 +272,8 @@ async def soak(calls: int, seconds: float, turns: int) -> dict[str, Any]:
                     "tasks": await _metric(http, base, "voicebot_asyncio_tasks"),
                     "active_calls": await _metric(http, base, "voicebot_active_calls"),
                 }
+                if snaps is not None:
+                    await snaps.take(bot.pid, "after_second_round")
     leaked = (
         after["tasks"] != baseline["tasks"]
         or after_second["tasks"] != baseline["tasks"]
@@ -223,7 +291,9 @@ async def soak(calls: int, seconds: float, turns: int) -> dict[str, Any]:
         "after": after,
         "after_second_round": after_second,
         "rss_mib_over_time": samples,
+        "rss_last_half_drift_pct": rss_last_half_drift_pct(samples),
         "leaked": leaked,
+        "tracemalloc": snaps.report() if snaps is not None else None,
     }
 
 
@@ -233,10 +303,16 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=2.0, help="length of the main round (default 2)")
     parser.add_argument("--turns", type=int, default=2, help="questions per call (default 2)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--tracemalloc", type=Path, help="run the server under tracemalloc, snapshots in this folder")
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for the server only; repeatable")  # fmt: skip
     args = parser.parse_args()
     random.seed(args.seed)
-    report = asyncio.run(soak(args.calls, args.minutes * 60, args.turns))
-    for key in ("calls", "seconds", "completed", "errors", "baseline", "after", "after_second_round", "leaked"):
+    server_env = dict(item.split("=", 1) for item in args.server_env)
+    report = asyncio.run(soak(args.calls, args.minutes * 60, args.turns, args.tracemalloc, server_env))
+    keys = ("calls", "seconds", "completed", "errors", "baseline", "after", "after_second_round", "leaked",
+            "rss_last_half_drift_pct")  # fmt: skip
+    for key in keys:
         print(f"{key:>20}: {report[key]}")
     print(orjson.dumps(report).decode())
     return 1 if report["errors"] or report["leaked"] else 0

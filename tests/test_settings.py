@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import make_settings
 from voicebot.settings import DEFAULT_CONFIG, ENV_TO_FIELD, Settings, SettingsError, env_name, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -163,3 +164,12 @@ def test_flux_is_selected_by_the_model_and_its_eager_threshold_stays_below_the_e
     assert flux.deepgram_eager_eot_threshold == 0.6
     with pytest.raises(SettingsError, match=r"DEEPGRAM_EAGER_EOT_THRESHOLD \(environment\).*must not exceed"):
         load_settings(environ={"DEEPGRAM_EAGER_EOT_THRESHOLD": "0.6", "DEEPGRAM_EOT_THRESHOLD": "0.5"}, env_file=None)
+
+
+@pytest.mark.parametrize(
+    ("provider", "name"), [("elevenlabs", "ELEVENLABS_VOICE_ID"), ("cartesia", "CARTESIA_VOICE_ID")]
+)
+def test_a_chosen_voice_without_its_voice_id_is_a_startup_error(provider: str, name: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        make_settings(tts_provider=provider).check_startup()
+    make_settings(tts_provider=provider, **{name.lower(): "voice-1"}).check_startup()

@@ -138,6 +138,13 @@ class Metrics:
             buckets=_HOP_BUCKETS,
             registry=self.registry,
         )
+        self.gc_pause = Histogram(
+            "voicebot_gc_pause_seconds",
+            "How long each garbage collection stopped the process (every call waits), by generation",
+            ["generation"],
+            buckets=_HOP_BUCKETS,
+            registry=self.registry,
+        )
         self.tasks = Gauge(
             "voicebot_asyncio_tasks", "asyncio tasks alive in this process (leak check)", registry=self.registry
         )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import AsyncIterator
 
 import orjson
@@ -238,6 +240,23 @@ async def loop_lag_monitor(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(task, return_exceptions=True)
 
 
+async def gc_monitor(app: web.Application) -> AsyncIterator[None]:
+    """Time every garbage collection (``gc.callbacks``): a collection stops the event loop for all calls at once."""
+    pauses = [app[STATE].metrics.gc_pause.labels(str(generation)) for generation in range(3)]
+    started = 0.0
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        nonlocal started
+        if phase == "start":
+            started = time.perf_counter()
+        else:
+            pauses[info["generation"]].observe(time.perf_counter() - started)
+
+    gc.callbacks.append(callback)
+    yield
+    gc.callbacks.remove(callback)
+
+
 def create_app(settings: Settings) -> web.Application:
     """Build the application."""
     app = web.Application(client_max_size=MAX_WEBHOOK_BYTES)
@@ -260,4 +279,5 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(drain)
     app.cleanup_ctx.append(services_context(settings, app[STATE].metrics))
     app.cleanup_ctx.append(loop_lag_monitor)
+    app.cleanup_ctx.append(gc_monitor)
     return app

@@ -285,7 +285,14 @@ class Settings(BaseModel):
         return [s.get_secret_value() for s in secrets if s is not None and len(s.get_secret_value()) >= 4]
 
     def check_startup(self) -> None:
-        """Refuse configurations that are unsafe to serve; raise SettingsError saying why."""
+        """Refuse configurations that are unsafe or unable to serve; raise SettingsError saying why."""
+        # The chosen voice's voice id is configuration, not a credential that may arrive later: without it no
+        # call could speak, so say so now (a missing API key stays a /healthz "missing" entry, like Deepgram's).
+        voice_ids = {"elevenlabs": ("ELEVENLABS_VOICE_ID", self.elevenlabs_voice_id),
+                     "cartesia": ("CARTESIA_VOICE_ID", self.cartesia_voice_id)}  # fmt: skip
+        if self.tts_provider in voice_ids and not voice_ids[self.tts_provider][1]:
+            name = voice_ids[self.tts_provider][0]
+            raise SettingsError(f"VOICEBOT_TTS_PROVIDER={self.tts_provider} needs {name}: set the voice to speak with")
         if self.twilio_auth_token is not None or self.allow_unsigned:
             return
         if not self.is_loopback:
