@@ -35,6 +35,16 @@ LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 
 
+def _is_loopback_name(host: str) -> bool:
+    """True for a loopback name or address (a bare host, no port)."""
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class SettingsError(ValueError):
     """A setting is missing, unknown or invalid; the message names it."""
 
@@ -236,23 +246,12 @@ class Settings(BaseModel):
 
     @property
     def is_loopback(self) -> bool:
-        if self.host in LOOPBACK_NAMES:
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return _is_loopback_name(self.host)
 
     @property
     def public_is_loopback(self) -> bool:
         """True if ``public_url`` names this machine: nothing outside can reach the bot through it."""
-        host = urlsplit(self.public_url).hostname or ""
-        if host in LOOPBACK_NAMES:
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
+        return _is_loopback_name(urlsplit(self.public_url).hostname or "")
 
     def missing(self) -> list[str]:
         """Names of the credentials a call needs and that are not set."""
