@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 from tests.world import World, audio_of, segments_of
 from voicebot.call.services import LLM_REQUESTS_PER_CALL, TTS_REQUESTS_PER_CALL, pool_limits
 from voicebot.caller import HangUp, Say, WaitForBotAudio, WaitForBotSilence
-from voicebot.providers.pools import PoolUse, httpx2_transport, httpx_transport
+from voicebot.providers.pools import PoolUse, aiohttp_httpx2_transport, aiohttp_httpx_transport
 
 WAIT_S = 15.0
 BURST_CALLS = 6
@@ -58,10 +58,10 @@ Client = httpx.AsyncClient | httpx2.AsyncClient
 @pytest.mark.parametrize(
     "make_client",
     [
-        lambda use: httpx.AsyncClient(transport=httpx_transport(use, 5.0)),
-        lambda use: httpx2.AsyncClient(transport=httpx2_transport(use, 5.0)),
+        lambda use: httpx.AsyncClient(transport=aiohttp_httpx_transport(use, 5.0)),
+        lambda use: httpx2.AsyncClient(transport=aiohttp_httpx2_transport(use, 5.0)),
     ],
-    ids=["httpx", "httpx2"],
+    ids=["httpx-on-aiohttp", "httpx2-on-aiohttp"],
 )
 async def test_a_request_that_finds_the_pool_full_is_counted_as_waiting(
     held_server: tuple[TestServer, asyncio.Event], make_client: Callable[[PoolUse], Client]

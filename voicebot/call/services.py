@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import openai
 from aiohttp import web
-from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
+from deepgram import DeepgramClientEnvironment
 
 from voicebot.call.bot_turn import MAX_TTS_IN_FLIGHT
 from voicebot.call.phrases import PhraseCache
@@ -26,10 +26,11 @@ from voicebot.errors import ProviderError
 from voicebot.logs import REDACTOR, get_logger
 from voicebot.metrics import Metrics
 from voicebot.providers.base import LanguageModel, SpeechToText, Telephony, Voice
+from voicebot.providers.deepgram_client import deepgram_client
 from voicebot.providers.deepgram_flux import DeepgramFlux, warm_stt_paths
 from voicebot.providers.deepgram_stt import DeepgramStt
 from voicebot.providers.openai_llm import OpenAiChat
-from voicebot.providers.pools import PoolUse, aiohttp_session, httpx2_transport, httpx_transport
+from voicebot.providers.pools import PoolUse, aiohttp_httpx2_transport, aiohttp_httpx_transport, aiohttp_session
 from voicebot.providers.voices import open_voice
 from voicebot.settings import Settings
 from voicebot.tools import ToolRegistry, load_tool_specs
@@ -106,9 +107,9 @@ def services_context(settings: Settings, metrics: Metrics) -> Callable[[web.Appl
         metrics.watch_pools((tts_pool, llm_pool, rest_pool))
         dg_http = httpx.AsyncClient(
             timeout=httpx.Timeout(TTS_READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-            transport=httpx_transport(tts_pool, KEEPALIVE_S),
+            transport=aiohttp_httpx_transport(tts_pool, KEEPALIVE_S),
         )
-        deepgram = AsyncDeepgramClient(
+        deepgram = deepgram_client(
             api_key=settings.deepgram_api_key.get_secret_value(),
             environment=DeepgramClientEnvironment(
                 base=settings.deepgram_base_url,
@@ -118,7 +119,7 @@ def services_context(settings: Settings, metrics: Metrics) -> Callable[[web.Appl
             ),
             httpx_client=dg_http,
         )
-        oa_http = openai.DefaultAsyncHttpxClient(transport=httpx2_transport(llm_pool, KEEPALIVE_S))
+        oa_http = openai.DefaultAsyncHttpxClient(transport=aiohttp_httpx2_transport(llm_pool, KEEPALIVE_S))
         llm_client = openai.AsyncOpenAI(
             api_key=settings.openai_api_key.get_secret_value(),
             base_url=settings.openai_base_url,

@@ -1,10 +1,13 @@
 """The provider clients' connection pools: an explicit limit each, and a count of what is in use and waiting.
 
-Every HTTP client keeps one pool per process: httpx for Deepgram TTS, httpx2 inside the openai SDK, aiohttp for
-Twilio REST. A request that finds all of a pool's connections busy waits inside our process, and that wait is
-charged to the provider's first-byte deadline: a segment skipped or an apology played for no fault of the provider.
-So each limit is sized (in :mod:`voicebot.call.services`) from the call limit so that every call at its busiest has a
-connection, and the counts here are exported in ``/metrics`` so that a wait shows instead of hiding in a timeout.
+Every HTTP client keeps one pool per process, and all of them are aiohttp's: Twilio REST directly, and the
+Deepgram and openai SDKs through ``httpx-aiohttp`` (their httpx/httpx2 clients on an aiohttp transport: a streamed
+Aura sentence costs the client 3.7x less CPU than on httpx's own transport, a streamed reply 1.8x less;
+``scripts/bench_http_transport.py``). A request that finds all of a pool's connections busy waits inside our
+process, and that wait is charged to the provider's first-byte deadline: a segment skipped or an apology played for
+no fault of the provider. So each limit is sized (in :mod:`voicebot.call.services`) from the call limit so that every
+call at its busiest has a connection, and the counts here are exported in ``/metrics`` so that a wait shows instead
+of hiding in a timeout.
 
 The counting does not read the pools' private state: a request is *in flight* from the moment it is handed to the
 pool until its response body is closed; an HTTP/1.1 pool serves one request per connection and queues the rest,
@@ -22,6 +25,8 @@ from typing import Any
 import aiohttp
 import httpx
 import httpx2
+import httpx_aiohttp
+import httpx_aiohttp.httpx2
 
 
 @dataclass
@@ -94,16 +99,20 @@ class CountedTransport(httpx.AsyncBaseTransport, httpx2.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-def httpx_transport(use: PoolUse, keepalive_s: float) -> CountedTransport:
-    """An httpx transport (Deepgram SDK's client) limited to ``use.limit`` connections, all kept alive."""
-    limits = httpx.Limits(max_connections=use.limit, max_keepalive_connections=use.limit, keepalive_expiry=keepalive_s)
-    return CountedTransport(httpx.AsyncHTTPTransport(limits=limits), use)
+def _connector(use: PoolUse, keepalive_s: float) -> aiohttp.TCPConnector:
+    return aiohttp.TCPConnector(limit=use.limit, limit_per_host=use.limit, keepalive_timeout=keepalive_s)
 
 
-def httpx2_transport(use: PoolUse, keepalive_s: float) -> CountedTransport:
-    """An httpx2 transport (the openai SDK's client) limited to ``use.limit`` connections, all kept alive."""
-    limits = httpx2.Limits(max_connections=use.limit, max_keepalive_connections=use.limit, keepalive_expiry=keepalive_s)
-    return CountedTransport(httpx2.AsyncHTTPTransport(limits=limits), use)
+def aiohttp_httpx_transport(use: PoolUse, keepalive_s: float) -> CountedTransport:
+    """The Deepgram SDK's httpx client on aiohttp (``httpx-aiohttp``), ``use.limit`` connections, all kept alive."""
+    session = aiohttp.ClientSession(connector=_connector(use, keepalive_s))
+    return CountedTransport(httpx_aiohttp.AiohttpTransport(client=session), use)
+
+
+def aiohttp_httpx2_transport(use: PoolUse, keepalive_s: float) -> CountedTransport:
+    """The openai SDK's httpx2 client on aiohttp (the transport ``openai.DefaultAioHttpClient`` uses)."""
+    session = aiohttp.ClientSession(connector=_connector(use, keepalive_s))
+    return CountedTransport(httpx_aiohttp.httpx2.AiohttpTransport(client=session), use)
 
 
 def aiohttp_session(use: PoolUse) -> aiohttp.ClientSession:

@@ -1,0 +1,132 @@
+"""httpx's own transport or aiohttp under the provider SDKs? The client's CPU per Aura REST sentence and per streamed
+OpenAI reply, through the bot's own provider classes, against the emulators in another process.
+
+    .venv/bin/python scripts/bench_http_transport.py [--rounds 15] [--concurrency 20]
+
+TTS is paced as in ``make bench`` (4x real time in 800-byte chunks, so each chunk is a read of its own), LLM tokens
+at 100 per second; ``--concurrency`` streams run at once, so the loop interleaves them as under load. Variants
+alternate round by round and each figure is the median over rounds (the machine is shared). CPU is this process's
+(the client's) only: the emulators run in their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx2
+import openai
+from deepgram import DeepgramClientEnvironment
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from voicebot.providers import pools  # noqa: E402
+from voicebot.providers.base import Message  # noqa: E402
+from voicebot.providers.deepgram_client import deepgram_client  # noqa: E402
+from voicebot.providers.deepgram_tts import DeepgramTts  # noqa: E402
+from voicebot.providers.openai_llm import OpenAiChat  # noqa: E402
+
+TEXT = "Sure, we are open Monday to Friday, from nine in the morning to six in the evening."
+KEY = "bench"
+VARIANTS = ("httpx", "aiohttp")
+
+
+async def clients(variant: str, base: str, stack: AsyncExitStack) -> tuple[DeepgramTts, OpenAiChat]:
+    tts_use, llm_use = pools.PoolUse("tts", 64), pools.PoolUse("llm", 64)
+    if variant == "httpx":
+        # httpx's and httpx2's own transports (httpcore on anyio), as voicebot used them before
+        limits = {"max_connections": 64, "max_keepalive_connections": 64, "keepalive_expiry": 120.0}
+        dg_transport: Any = pools.CountedTransport(httpx.AsyncHTTPTransport(limits=httpx.Limits(**limits)), tts_use)
+        oa_transport: Any = pools.CountedTransport(httpx2.AsyncHTTPTransport(limits=httpx2.Limits(**limits)), llm_use)
+    else:
+        dg_transport = pools.aiohttp_httpx_transport(tts_use, 120.0)
+        oa_transport = pools.aiohttp_httpx2_transport(llm_use, 120.0)
+    dg_http = await stack.enter_async_context(httpx.AsyncClient(transport=dg_transport))
+    env = DeepgramClientEnvironment(base=base, production=base, agent=base, agent_rest=base)
+    tts = DeepgramTts(deepgram_client(api_key=KEY, environment=env, httpx_client=dg_http), model="aura-2-thalia-en")
+    oa = openai.AsyncOpenAI(
+        api_key=KEY, base_url=base + "/v1", http_client=openai.DefaultAsyncHttpxClient(transport=oa_transport)
+    )
+    stack.push_async_callback(oa.close)
+    return tts, OpenAiChat(oa, model="gpt-4o-mini", temperature=0.6, max_tokens=120)
+
+
+async def one_sentence(tts: DeepgramTts) -> int:
+    size = 0
+    async with tts.synthesize(TEXT) as chunks:
+        async for chunk in chunks:
+            size += len(chunk)
+    return size
+
+
+async def one_reply(llm: OpenAiChat) -> int:
+    history: list[Message] = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "When?"}]
+    events = 0
+    async with llm.stream(history, ()) as stream:
+        async for _ in stream:
+            events += 1
+    return events
+
+
+async def cpu_per_item(n: int, concurrency: int, one: Callable[[], Awaitable[int]]) -> float:
+    """ms of this process's CPU per item, ``n`` items with ``concurrency`` at once."""
+    await asyncio.gather(*(one() for _ in range(concurrency)))  # warm: connections open, lazy paths built
+    cpu0 = time.process_time()
+    for _ in range(max(1, n // concurrency)):
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+    return (time.process_time() - cpu0) / (max(1, n // concurrency) * concurrency) * 1000
+
+
+async def run(base: str, rounds: int, per_round: int, concurrency: int) -> dict[str, dict[str, list[float]]]:
+    out: dict[str, dict[str, list[float]]] = {v: {"tts": [], "llm": []} for v in VARIANTS}
+    for _ in range(rounds):
+        for variant in VARIANTS:
+            async with AsyncExitStack() as stack:
+                tts, llm = await clients(variant, base, stack)
+                out[variant]["tts"].append(await cpu_per_item(per_round, concurrency, partial(one_sentence, tts)))
+                out[variant]["llm"].append(await cpu_per_item(per_round, concurrency, partial(one_reply, llm)))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--per-round", type=int, default=40)
+    p.add_argument("--concurrency", type=int, default=20)
+    p.add_argument("--port", type=int, default=18795)
+    args = p.parse_args()
+    argv = [sys.executable, "-m", "voicebot.emulators", "--port", str(args.port), "--quiet",
+            "--deepgram-key", KEY, "--openai-key", KEY, "--tts-ttfb-ms", "0", "--tts-bytes-per-second", "32000",
+            "--tts-chunk-bytes", "800", "--llm-ttft-ms", "0", "--llm-tokens-per-second", "100"]  # fmt: skip
+    emulators = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(3.0)
+        results = asyncio.run(run(f"http://127.0.0.1:{args.port}", args.rounds, args.per_round, args.concurrency))
+    finally:
+        emulators.send_signal(signal.SIGTERM)
+        emulators.wait(10)
+    print(f"client CPU per item, ms (median of {args.rounds} rounds; {args.concurrency} streams at once; "
+          f"load average {os.getloadavg()[0]:.2f})")  # fmt: skip
+    base = {k: statistics.median(v) for k, v in results["httpx"].items()}
+    for variant in VARIANTS:
+        row = {k: statistics.median(v) for k, v in results[variant].items()}
+        ratios = ", ".join(f"{k} {row[k] / base[k]:.2f}x" for k in row)
+        print(f"{variant:8} Aura REST sentence {row['tts']:.3f} ms | OpenAI streamed reply {row['llm']:.3f} ms"
+              f" | vs httpx: {ratios}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
