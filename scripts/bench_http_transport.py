@@ -1,5 +1,6 @@
 """httpx's own transport or aiohttp under the provider SDKs? The client's CPU per Aura REST sentence and per streamed
-OpenAI reply, through the bot's own provider classes, against the emulators in another process.
+OpenAI reply, through the bot's own provider classes, against the emulators in another process; and the same reply
+read through the SDK's per-chunk models (``stream=True``), as the bot did before it parsed the lines itself.
 
     .venv/bin/python scripts/bench_http_transport.py [--rounds 15] [--concurrency 20]
 
@@ -44,11 +45,11 @@ KEY = "bench"
 VARIANTS = ("httpx", "aiohttp")
 
 
-async def clients(variant: str, base: str, stack: AsyncExitStack) -> tuple[DeepgramTts, OpenAiChat]:
+async def clients(variant: str, base: str, stack: AsyncExitStack) -> tuple[DeepgramTts, OpenAiChat, openai.AsyncOpenAI]:
     tts_use, llm_use = pools.PoolUse("tts", 64), pools.PoolUse("llm", 64)
     if variant == "httpx":
         # httpx's and httpx2's own transports (httpcore on anyio), as voicebot used them before
-        limits = {"max_connections": 64, "max_keepalive_connections": 64, "keepalive_expiry": 120.0}
+        limits: dict[str, Any] = {"max_connections": 64, "max_keepalive_connections": 64, "keepalive_expiry": 120.0}
         dg_transport: Any = pools.CountedTransport(httpx.AsyncHTTPTransport(limits=httpx.Limits(**limits)), tts_use)
         oa_transport: Any = pools.CountedTransport(httpx2.AsyncHTTPTransport(limits=httpx2.Limits(**limits)), llm_use)
     else:
@@ -61,7 +62,7 @@ async def clients(variant: str, base: str, stack: AsyncExitStack) -> tuple[Deepg
         api_key=KEY, base_url=base + "/v1", http_client=openai.DefaultAsyncHttpxClient(transport=oa_transport)
     )
     stack.push_async_callback(oa.close)
-    return tts, OpenAiChat(oa, model="gpt-4o-mini", temperature=0.6, max_tokens=120)
+    return tts, OpenAiChat(oa, model="gpt-4o-mini", temperature=0.6, max_tokens=120), oa
 
 
 async def one_sentence(tts: DeepgramTts) -> int:
@@ -81,6 +82,16 @@ async def one_reply(llm: OpenAiChat) -> int:
     return events
 
 
+async def one_reply_sdk_models(oa: openai.AsyncOpenAI) -> int:
+    """The same reply read as voicebot did before 2c69246: ``stream=True``, one pydantic chunk per token."""
+    history: Any = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "When?"}]
+    events = 0
+    stream = await oa.chat.completions.create(model="gpt-4o-mini", messages=history, stream=True)
+    async for _ in stream:
+        events += 1
+    return events
+
+
 async def cpu_per_item(n: int, concurrency: int, one: Callable[[], Awaitable[int]]) -> float:
     """ms of this process's CPU per item, ``n`` items with ``concurrency`` at once."""
     await asyncio.gather(*(one() for _ in range(concurrency)))  # warm: connections open, lazy paths built
@@ -91,13 +102,15 @@ async def cpu_per_item(n: int, concurrency: int, one: Callable[[], Awaitable[int
 
 
 async def run(base: str, rounds: int, per_round: int, concurrency: int) -> dict[str, dict[str, list[float]]]:
-    out: dict[str, dict[str, list[float]]] = {v: {"tts": [], "llm": []} for v in VARIANTS}
+    out: dict[str, dict[str, list[float]]] = {v: {"tts": [], "llm": [], "llm_models": []} for v in VARIANTS}
     for _ in range(rounds):
         for variant in VARIANTS:
             async with AsyncExitStack() as stack:
-                tts, llm = await clients(variant, base, stack)
+                tts, llm, oa = await clients(variant, base, stack)
                 out[variant]["tts"].append(await cpu_per_item(per_round, concurrency, partial(one_sentence, tts)))
                 out[variant]["llm"].append(await cpu_per_item(per_round, concurrency, partial(one_reply, llm)))
+                models = partial(one_reply_sdk_models, oa)
+                out[variant]["llm_models"].append(await cpu_per_item(per_round, concurrency, models))
     return out
 
 
@@ -125,7 +138,7 @@ def main() -> None:
         row = {k: statistics.median(v) for k, v in results[variant].items()}
         ratios = ", ".join(f"{k} {row[k] / base[k]:.2f}x" for k in row)
         print(f"{variant:8} Aura REST sentence {row['tts']:.3f} ms | OpenAI streamed reply {row['llm']:.3f} ms"
-              f" | vs httpx: {ratios}")  # fmt: skip
+              f" (read as SDK chunk models: {row['llm_models']:.3f} ms) | vs httpx: {ratios}")  # fmt: skip
 
 
 if __name__ == "__main__":
