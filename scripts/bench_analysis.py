@@ -161,6 +161,21 @@ def outside_hops(traces: Iterable[TurnTrace]) -> dict[str, list[float]]:
     return out
 
 
+def emulator_legs(phase: Phase) -> dict[str, list[float]]:
+    """The emulators' own provider latency per request, from their events (ms): LLM request received → first token
+    written, TTS request received → first audio byte written. Against the configured latency (LOADED: 300 / 150 ms)
+    the excess is the load generator's own lateness, which the bot's whole turn inherits."""
+    start: dict[tuple[str, str], float] = {}
+    out: dict[str, list[float]] = {"llm": [], "tts": []}
+    for e in phase.events:
+        s, k = e["s"], e["k"]
+        if s in out and k == "request":
+            start.setdefault((s, e["id"]), e["t"])
+        elif (s, k) in (("llm", "first_token"), ("tts", "first_byte")) and (s, e["id"]) in start:
+            out[s].append((e["t"] - start.pop((s, e["id"]))) * 1000)
+    return out
+
+
 def server_hops(transcripts: Path, call_sids: Iterable[str]) -> tuple[dict[str, list[float]], dict[str, str]]:
     """The server's own ``server_hops_ms`` per hop, and code → CallSid from its ``user`` lines."""
     out: dict[str, list[float]] = {hop: [] for hop in HOPS}

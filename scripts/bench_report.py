@@ -21,6 +21,7 @@ from bench_analysis import (
     barge_ins,
     caller_latency,
     counter_total,
+    emulator_legs,
     histogram,
     histogram_merged,
     histogram_quantile,
@@ -300,7 +301,8 @@ def sweep_section(bench: Bench) -> tuple[list[str], list[dict[str, Any]]]:
         "| N | live | whole turn p50 / p95 / p99 (n) | server hops p99 | server CPU (waiting) | CPU / call-min "
         "| loop lag p99 | GC: count, pause p99, share "
         "| load generator CPU (load core busy, all processes) | caller procs: max CPU, max lag p99 "
-        "| emulators lag p99 | calls ok | pool waits, TTS segments skipped, LLM failures | tail |",
+        "| emulators lag p99; their own LLM first token / TTS first byte p99 | calls ok "
+        "| pool waits, TTS segments skipped, LLM failures | tail |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     if any(p.name.startswith("base_") for p in phases):
@@ -318,6 +320,7 @@ def sweep_section(bench: Bench) -> tuple[list[str], list[dict[str, Any]]]:
         base_p99 = one.get(which)
         hops = " / ".join(fmt(pct(inside[h], 99)) for h in HOPS)
         outside = outside_hops(trace_turns(phase).values())
+        legs = emulator_legs(phase)
         hops += " (outside: " + " / ".join(fmt(pct(outside[h], 99)) for h in HOPS) + ")"
         busy = w.cpu_s / span
         lag = loop_lag_p99_ms(w)
@@ -343,14 +346,16 @@ def sweep_section(bench: Bench) -> tuple[list[str], list[dict[str, Any]]]:
             f"{w.load_gen_cpu_s / span:.0%} "
             f"({w.load_core_busy_s / span:.0%}) | "
             f"{len(phase.caller_procs)}: {proc_cpu:.0%}, {fmt(_ms(proc_lag))} ms | "
-            f"{fmt(_ms(pct(phase.emulator_lag_s, 99)))} ms | {ok} / {len(phase.calls)} | "
+            f"{fmt(_ms(pct(phase.emulator_lag_s, 99)))} ms; "
+            f"{fmt(pct(legs['llm'], 99))} / {fmt(pct(legs['tts'], 99))} ms | "
+            f"{ok} / {len(phase.calls)} | "
             f"{waits:.0f}, {lost['tts_segment_skipped']}, {lost['llm_failed']} | {tail} |"
         )
         raw.append({
             "phase": phase.name, "calls": len(phase.calls), "live": w.live_calls, "whole_turn_ms": lat,
             "server_hops_ms": inside,
             "server_busy": busy, "cpu_per_call_minute": cpu_per_call_minute(phase), "loop_lag_p99_ms": lag,
-            "outside_hops_ms": outside,
+            "outside_hops_ms": outside, "emulator_legs_ms": legs,
             "gc": gcs, "pool_waits": waits, "lost": dict(lost),
             "load_core_busy": w.load_core_busy_s / span, "load_gen_cpu": w.load_gen_cpu_s / span,
             "server_run_delay": w.run_delay_s / span, "caller_procs": phase.caller_procs,
