@@ -251,6 +251,7 @@ class Bench:
         raw = self.work / ("profile.txt" if kind == "voicebot" else f"profile-{kind}.txt")
         argv = [str(PYSPY), "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "100", "-f", "raw",
                 "--native", "-o", str(raw)]  # fmt: skip
+        window.profile_start, window.profile_start_wall = time.monotonic(), time.time()
         proc = await self.procs.start("py-spy", argv, LOAD_CORE)
         async with asyncio.timeout(seconds + 30):
             await proc.wait()

@@ -43,6 +43,9 @@ class Window:
     metrics0: str = ""
     metrics1: str = ""
     profile: list[tuple[str, int]] = field(default_factory=list)
+    profile_start: float | None = None
+    """When py-spy started (monotonic), if this phase was profiled; with ``profile_start_wall`` (``time.time()``)."""
+    profile_start_wall: float | None = None
     profile_total: int = 0
     profile_native: list[tuple[str, int]] = field(default_factory=list)
 
@@ -61,6 +64,20 @@ class Phase:
     window: Window | None = None
     caller_procs: list[tuple[float, float | None]] = field(default_factory=list)
     """Per caller process: CPU share of its wall time, its event-loop lag p99 (s)."""
+
+
+PROFILE_MARGIN_S = 2.0
+"""Turns whose caller stopped speaking later than this before the profiler started are left out of a phase's turn
+figures: ``py-spy --native`` stops the server for every sample, so those turns measure the profiler (found in the
+100-call rows: every turn 670-720 ms until py-spy started, then 5-11 s for the 10 s it ran)."""
+
+
+def turn_cutoff(phase: Phase) -> tuple[float | None, float | None]:
+    """(monotonic, wall-clock) time after which a turn's figures are the profiler's; (None, None) if not profiled."""
+    w = phase.window
+    if w is None or w.profile_start is None or w.profile_start_wall is None:
+        return None, None
+    return w.profile_start - PROFILE_MARGIN_S, w.profile_start_wall - PROFILE_MARGIN_S
 
 
 def live_through(call: dict[str, Any], t0: float, t1: float) -> bool:
@@ -144,6 +161,9 @@ def trace_turns(phase: Phase) -> dict[str, TurnTrace]:
         ended = [u for u in call["utterances"] if u[1] <= tr.stt_final]
         if ended and ended[-1][2] is not None:
             tr.caller_media = ended[-1][2]
+    cut, _ = turn_cutoff(phase)
+    if cut is not None:
+        traces = {code: tr for code, tr in traces.items() if tr.stt_final is not None and tr.stt_final < cut}
     return traces
 
 
@@ -176,8 +196,11 @@ def emulator_legs(phase: Phase) -> dict[str, list[float]]:
     return out
 
 
-def server_hops(transcripts: Path, call_sids: Iterable[str]) -> tuple[dict[str, list[float]], dict[str, str]]:
-    """The server's own ``server_hops_ms`` per hop, and code → CallSid from its ``user`` lines."""
+def server_hops(
+    transcripts: Path, call_sids: Iterable[str], before_wall: float | None = None
+) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """The server's own ``server_hops_ms`` per hop (turns logged before ``before_wall``, if given), and code →
+    CallSid from its ``user`` lines."""
     out: dict[str, list[float]] = {hop: [] for hop in HOPS}
     owner: dict[str, str] = {}
     for sid in call_sids:
@@ -186,7 +209,7 @@ def server_hops(transcripts: Path, call_sids: Iterable[str]) -> tuple[dict[str, 
             continue
         for line in path.read_bytes().splitlines():
             rec = orjson.loads(line)
-            if rec.get("kind") == "turn":
+            if rec.get("kind") == "turn" and (before_wall is None or rec.get("ts", 0) < before_wall):
                 for hop, ms in rec.get("server_hops_ms", {}).items():
                     out.setdefault(hop, []).append(ms)
             elif rec.get("kind") == "user" and (code := code_of(rec.get("text", ""))):
@@ -195,8 +218,15 @@ def server_hops(transcripts: Path, call_sids: Iterable[str]) -> tuple[dict[str, 
 
 
 def caller_latency(phase: Phase) -> list[float]:
-    """Caller speech end → first bot media after it, ms (the whole turn as the caller hears it, network-free)."""
-    return [(u[2] - u[1]) * 1000 for c in phase.calls for u in c["utterances"] if u[2] is not None]
+    """Caller speech end → first bot media after it, ms (the whole turn as the caller hears it, network-free); not
+    the turns the profiler disturbed (:data:`PROFILE_MARGIN_S`)."""
+    cut, _ = turn_cutoff(phase)
+    return [
+        (u[2] - u[1]) * 1000
+        for c in phase.calls
+        for u in c["utterances"]
+        if u[2] is not None and (cut is None or u[1] < cut)
+    ]
 
 
 @dataclass

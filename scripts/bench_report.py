@@ -31,6 +31,7 @@ from bench_analysis import (
     server_hops,
     server_log_events,
     trace_turns,
+    turn_cutoff,
 )
 from bench_procs import LOAD_CORE, SERVER_CORE
 
@@ -105,7 +106,7 @@ def report(bench: Bench, started: float) -> tuple[str, dict[str, Any]]:
         phase = ph.get(key)
         if phase is None:
             continue
-        inside, owner = server_hops(bench.transcripts, [c["call_sid"] for c in phase.calls])
+        inside, owner = server_hops(bench.transcripts, [c["call_sid"] for c in phase.calls], turn_cutoff(phase)[1])
         traces = trace_turns(phase)
         outside = outside_hops(traces.values())
         agree = sum(1 for code, sid in owner.items() if code in traces and traces[code].call_sid == sid)
@@ -316,7 +317,7 @@ def sweep_section(bench: Bench) -> tuple[list[str], list[dict[str, Any]]]:
         lat = caller_latency(phase)
         which = phase.name.split("_")[0]
         transcripts = bench.transcripts_base if which == "base" else bench.transcripts
-        inside, _ = server_hops(transcripts, [c["call_sid"] for c in phase.calls])
+        inside, _ = server_hops(transcripts, [c["call_sid"] for c in phase.calls], turn_cutoff(phase)[1])
         base_p99 = one.get(which)
         hops = " / ".join(fmt(pct(inside[h], 99)) for h in HOPS)
         outside = outside_hops(trace_turns(phase).values())
