@@ -78,6 +78,15 @@ def db(ratio: float) -> float:
     return 20 * math.log10(max(ratio, 1e-9))
 
 
+def tone_amplitude(pcm16: bytes, hz: float, rate: int = SAMPLE_RATE) -> float:
+    """The amplitude of the ``hz`` component (a single-bin DFT): a click spreads over every bin, a tone sits in one."""
+    samples = struct.unpack(f"<{len(pcm16) // 2}h", pcm16)
+    step = 2 * math.pi * hz / rate
+    re = sum(s * math.cos(step * i) for i, s in enumerate(samples))
+    im = sum(s * math.sin(step * i) for i, s in enumerate(samples))
+    return 2 * math.hypot(re, im) / max(1, len(samples))
+
+
 def zero_crossing_hz(pcm16: bytes, rate: int = SAMPLE_RATE) -> float:
     samples = struct.unpack(f"<{len(pcm16) // 2}h", pcm16)
     crossings = sum(1 for a, b in itertools.pairwise(samples) if (a < 0) != (b < 0))
@@ -355,9 +364,12 @@ def check_microphone(frames: list[bytes]) -> None:
     tone_pcm = b"".join(frames[first + 2 : last - 1])
     assert abs(db(rms(tone_pcm) / (MIC_AMPLITUDE / math.sqrt(2)))) < 1.5
     assert abs(zero_crossing_hz(tone_pcm) - MIC_TONE_HZ) < 10
-    # 5 kHz from 0.5 s after the 1 kHz tone, for 1.5 s: at least 50 dB down (it would alias to 3 kHz).
+    # 5 kHz from 0.5 s after the 1 kHz tone, for 1.5 s: without the low-pass it folds to 3 kHz at the tone's level.
+    # Measured at 3 kHz, not as broadband level: on a starved CI machine Chromium's fake microphone can drop a few
+    # samples, and the step that makes is a click whose energy spreads across the band (seen once at -43.5 dB rms).
     alias = b"".join(frames[last + 30 : last + 95])
-    assert db(rms(alias) / rms(tone_pcm)) < -50, db(rms(alias) / rms(tone_pcm))
+    folded = tone_amplitude(alias, SAMPLE_RATE - MIC_ALIAS_HZ) / tone_amplitude(tone_pcm, MIC_TONE_HZ)
+    assert db(folded) < -50, db(folded)
 
 
 # --- end to end: the real conversation against the emulated providers --------------------------------------
