@@ -7,7 +7,7 @@ import contextlib
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from voicebot.twilio import wire
@@ -212,3 +212,47 @@ def test_media_round_trip_property(payload: bytes, seq: int, chunk: int) -> None
     )
     event = wire.parse_inbound(data)
     assert event == wire.Media(seq, "MZ1", "inbound", chunk, chunk * 20, payload)
+
+
+_MEDIA_FIELD = st.one_of(
+    st.none(),
+    st.integers(min_value=-1, max_value=10**20),
+    st.booleans(),
+    st.text(alphabet="0123456789", max_size=20),
+    st.text(max_size=5),  # non-ASCII digits ("²", "٣") and anything else
+    st.just(base64.b64encode(b"\xff" * 160).decode()),
+    st.just("not base64!"),
+    st.lists(st.integers(), max_size=1),
+)
+
+
+_DIGITS = st.text(alphabet="0123456789", min_size=1, max_size=19)
+
+
+@settings(max_examples=400)
+@given(
+    sid=st.one_of(st.text(min_size=1, max_size=70), _MEDIA_FIELD),
+    seq=st.one_of(_DIGITS, _MEDIA_FIELD),
+    chunk=st.one_of(_DIGITS, _MEDIA_FIELD),
+    timestamp=st.one_of(_DIGITS, _MEDIA_FIELD),
+    payload=st.one_of(st.binary(max_size=200).map(lambda b: base64.b64encode(b).decode()), _MEDIA_FIELD),
+    track=st.one_of(st.just("inbound"), _MEDIA_FIELD),
+    media_is_object=st.sampled_from([True, True, True, False]),
+)
+@example(sid="MZ1", seq="7", chunk="6", timestamp="120", payload="/w==", track="inbound", media_is_object=True)
+@example(sid="MZ1", seq="7", chunk="6", timestamp="120", payload="/w=", track="inbound", media_is_object=True)
+@example(sid="MZ1", seq="7", chunk="٣", timestamp="120", payload="/w==", track="inbound", media_is_object=True)
+def test_media_fast_path_agrees_with_the_checked_path(
+    sid: object, seq: object, chunk: object, timestamp: object, payload: object, track: object, media_is_object: bool
+) -> None:
+    """The hot path builds Twilio's usual shape directly; for any message it returns what the field-by-field path
+    returns, or raises the same error."""
+    media = {"chunk": chunk, "timestamp": timestamp, "payload": payload, "track": track}
+    msg = {"event": "media", "streamSid": sid, "sequenceNumber": seq, "media": media if media_is_object else [media]}
+    outcomes = []
+    for parse in (wire._parse_media, wire._parse_media_checked):
+        try:
+            outcomes.append(parse(msg))
+        except wire.WireError as exc:
+            outcomes.append(str(exc))
+    assert outcomes[0] == outcomes[1]
