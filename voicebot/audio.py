@@ -58,9 +58,14 @@ _HIGH = bytes((_DECODE[u] >> 8) & 0xFF for u in range(256))
 def ulaw_to_pcm16(data: bytes) -> bytes:
     """Decode mu-law bytes to 16-bit little-endian signed PCM."""
     out = bytearray(2 * len(data))
+    ulaw_to_pcm16_into(data, out)
+    return bytes(out)
+
+
+def ulaw_to_pcm16_into(data: bytes, out: bytearray) -> None:
+    """Decode mu-law ``data`` into ``out``, which is exactly twice as long (a buffer reused frame after frame)."""
     out[0::2] = data.translate(_LOW)
     out[1::2] = data.translate(_HIGH)
-    return bytes(out)
 
 
 def pcm16_to_ulaw(pcm: bytes) -> bytes:

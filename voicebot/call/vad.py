@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import webrtcvad
 
-from voicebot.audio import FRAME_BYTES, SAMPLE_RATE, ulaw_to_pcm16
+from voicebot.audio import FRAME_BYTES, SAMPLE_RATE, ulaw_to_pcm16, ulaw_to_pcm16_into
 
 DEFAULT_AGGRESSIVENESS = 2
 """0 (least) to 3 (most aggressive in rejecting non-speech); 2 rejects line noise without clipping soft onsets."""
@@ -22,11 +22,13 @@ class FrameVad:
     def __init__(self, aggressiveness: int = DEFAULT_AGGRESSIVENESS) -> None:
         self._vad = webrtcvad.Vad(aggressiveness)
         self._rest = b""
+        self._pcm = bytearray(2 * FRAME_BYTES)
 
     def frames(self, ulaw: bytes) -> list[bool]:
         """One speech/non-speech decision per complete 20 ms frame in ``ulaw`` (plus any held remainder)."""
-        if not self._rest and len(ulaw) == FRAME_BYTES:  # Twilio's usual frame: no copy, no re-framing
-            return [bool(self._vad.is_speech(ulaw_to_pcm16(ulaw), SAMPLE_RATE))]
+        if not self._rest and len(ulaw) == FRAME_BYTES:  # Twilio's usual frame: no re-framing, no allocation
+            ulaw_to_pcm16_into(ulaw, self._pcm)
+            return [bool(self._vad.is_speech(self._pcm, SAMPLE_RATE))]
         data = self._rest + ulaw
         whole = len(data) - len(data) % FRAME_BYTES
         self._rest = data[whole:]
