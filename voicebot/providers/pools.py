@@ -65,9 +65,8 @@ class _Released(httpx.AsyncByteStream, httpx2.AsyncByteStream):
         self._stream = stream
         self._use: PoolUse | None = use
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._stream:
-            yield chunk
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return aiter(self._stream)  # the inner iterator itself: no generator of ours to step through per chunk
 
     async def aclose(self) -> None:
         try:
