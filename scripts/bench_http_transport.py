@@ -34,7 +34,6 @@ from deepgram import DeepgramClientEnvironment
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from voicebot.call.services import CONNECT_TIMEOUT_S, REQUEST_TIMEOUT_S  # noqa: E402
 from voicebot.providers import pools  # noqa: E402
 from voicebot.providers.base import Message  # noqa: E402
 from voicebot.providers.deepgram_client import deepgram_client  # noqa: E402
@@ -43,10 +42,7 @@ from voicebot.providers.openai_llm import OpenAiChat  # noqa: E402
 
 TEXT = "Sure, we are open Monday to Friday, from nine in the morning to six in the evening."
 KEY = "bench"
-LEGACY_READ_TIMEOUT_S = 10.0
-VARIANTS = ("httpx", "aiohttp", "aiohttp_read_timeout")
-"""httpx's own transports (before 0819ef8); aiohttp as the bot uses it; aiohttp with a 10 s read timeout (before
-the bot dropped it: aiohttp re-arms the read timer on every chunk it receives)."""
+VARIANTS = ("httpx", "aiohttp")
 
 
 async def clients(variant: str, base: str, stack: AsyncExitStack) -> tuple[DeepgramTts, OpenAiChat, openai.AsyncOpenAI]:
@@ -59,16 +55,11 @@ async def clients(variant: str, base: str, stack: AsyncExitStack) -> tuple[Deepg
     else:
         dg_transport = pools.aiohttp_httpx_transport(tts_use, 120.0)
         oa_transport = pools.aiohttp_httpx2_transport(llm_use, 120.0)
-    read = LEGACY_READ_TIMEOUT_S if variant in ("httpx", "aiohttp_read_timeout") else None
-    dg_timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S, read=read)
-    dg_http = await stack.enter_async_context(httpx.AsyncClient(transport=dg_transport, timeout=dg_timeout))
+    dg_http = await stack.enter_async_context(httpx.AsyncClient(transport=dg_transport))
     env = DeepgramClientEnvironment(base=base, production=base, agent=base, agent_rest=base)
     tts = DeepgramTts(deepgram_client(api_key=KEY, environment=env, httpx_client=dg_http), model="aura-2-thalia-en")
     oa = openai.AsyncOpenAI(
-        api_key=KEY,
-        base_url=base + "/v1",
-        timeout=openai.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S, read=read),
-        http_client=openai.DefaultAsyncHttpxClient(transport=oa_transport),
+        api_key=KEY, base_url=base + "/v1", http_client=openai.DefaultAsyncHttpxClient(transport=oa_transport)
     )
     stack.push_async_callback(oa.close)
     return tts, OpenAiChat(oa, model="gpt-4o-mini", temperature=0.6, max_tokens=120), oa

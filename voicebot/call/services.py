@@ -43,13 +43,8 @@ KEEP_WARM_S = 50.0
 """Period of the free keep-warm request: well inside KEEPALIVE_S and the providers' own idle timeouts."""
 WARMUP_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 3.0
-REQUEST_TIMEOUT_S = 10.0
-"""Sending a request and waiting for a pooled connection. The SDKs' HTTP clients have no read timeout: every
-response is read under its user's own, shorter deadline (a turn's first token 6 s then 5 s per token, first byte
-3 s then 3 s per chunk; the speculation's, the phrases', the warm-up's and the keep-warm's), and aiohttp re-arms its
-read timer (a new TimerHandle) for every TTS chunk and every LLM token it receives. Without it a streamed Aura
-sentence costs the client 4 % less CPU and a streamed reply 13 % less (``scripts/bench_http_transport.py``)."""
-KEEP_WARM_TIMEOUT_S = CONNECT_TIMEOUT_S + REQUEST_TIMEOUT_S
+LLM_READ_TIMEOUT_S = 10.0
+TTS_READ_TIMEOUT_S = 10.0
 LLM_MAX_RETRIES = 1
 """One retry before the stream starts (429 honouring retry-after, 5xx, connection errors); the turn's own
 first-token deadline bounds the total wait."""
@@ -111,7 +106,7 @@ def services_context(settings: Settings, metrics: Metrics) -> Callable[[web.Appl
         tts_pool, llm_pool, rest_pool = pool_limits(settings.max_calls)
         metrics.watch_pools((tts_pool, llm_pool, rest_pool))
         dg_http = httpx.AsyncClient(
-            timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S, read=None),
+            timeout=httpx.Timeout(TTS_READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
             transport=aiohttp_httpx_transport(tts_pool, KEEPALIVE_S),
         )
         deepgram = deepgram_client(
@@ -128,7 +123,7 @@ def services_context(settings: Settings, metrics: Metrics) -> Callable[[web.Appl
         llm_client = openai.AsyncOpenAI(
             api_key=settings.openai_api_key.get_secret_value(),
             base_url=settings.openai_base_url,
-            timeout=openai.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S, read=None),
+            timeout=openai.Timeout(LLM_READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
             max_retries=LLM_MAX_RETRIES,
             http_client=oa_http,
         )
@@ -224,7 +219,7 @@ async def _keep_warm(llm: OpenAiChat) -> None:
     while True:
         await asyncio.sleep(KEEP_WARM_S)
         try:
-            async with asyncio.timeout(KEEP_WARM_TIMEOUT_S):
+            async with asyncio.timeout(CONNECT_TIMEOUT_S + LLM_READ_TIMEOUT_S):
                 await llm.keep_warm()
         except (ProviderError, TimeoutError) as exc:
             log.info("llm_keep_warm_failed", error=str(exc) or "timed out")
