@@ -2,12 +2,13 @@
 OpenAI reply, through the bot's own provider classes, against the emulators in another process; and the same reply
 read through the SDK's per-chunk models (``stream=True``), as the bot did before it parsed the lines itself.
 
-    .venv/bin/python scripts/bench_http_transport.py [--rounds 15] [--concurrency 20]
+    .venv/bin/python scripts/bench_http_transport.py [--rounds 15] [--concurrency 20] [--uvloop] [--tts-chunk-bytes N]
 
 TTS is paced as in ``make bench`` (4x real time in 800-byte chunks, so each chunk is a read of its own), LLM tokens
 at 100 per second; ``--concurrency`` streams run at once, so the loop interleaves them as under load. Variants
 alternate round by round and each figure is the median over rounds (the machine is shared). CPU is this process's
-(the client's) only: the emulators run in their own.
+(the client's) only: the emulators run in their own. Two runs with ``--tts-chunk-bytes`` 800 and 8000 separate the
+cost per request from the cost per chunk read.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import httpx2
 import openai
+import uvloop
 from deepgram import DeepgramClientEnvironment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +95,17 @@ async def one_reply_sdk_models(oa: openai.AsyncOpenAI) -> int:
     return events
 
 
+async def one_sentence_aiohttp_only(session: aiohttp.ClientSession, base: str) -> int:
+    """The same request read with aiohttp alone (no SDK, no httpx): what reading the chunks costs by itself."""
+    query = "model=aura-2-thalia-en&encoding=mulaw&sample_rate=8000&container=none"
+    headers = {"Authorization": f"Token {KEY}"}
+    size = 0
+    async with session.post(f"{base}/v1/speak?{query}", json={"text": TEXT}, headers=headers) as response:
+        async for chunk in response.content.iter_any():
+            size += len(chunk)
+    return size
+
+
 async def cpu_per_item(n: int, concurrency: int, one: Callable[[], Awaitable[int]]) -> float:
     """ms of this process's CPU per item, ``n`` items with ``concurrency`` at once."""
     await asyncio.gather(*(one() for _ in range(concurrency)))  # warm: connections open, lazy paths built
@@ -103,7 +117,11 @@ async def cpu_per_item(n: int, concurrency: int, one: Callable[[], Awaitable[int
 
 async def run(base: str, rounds: int, per_round: int, concurrency: int) -> dict[str, dict[str, list[float]]]:
     out: dict[str, dict[str, list[float]]] = {v: {"tts": [], "llm": [], "llm_models": []} for v in VARIANTS}
+    out["aiohttp_only"] = {"tts": []}
     for _ in range(rounds):
+        async with aiohttp.ClientSession() as session:
+            floor = partial(one_sentence_aiohttp_only, session, base)
+            out["aiohttp_only"]["tts"].append(await cpu_per_item(per_round, concurrency, floor))
         for variant in VARIANTS:
             async with AsyncExitStack() as stack:
                 tts, llm, oa = await clients(variant, base, stack)
@@ -120,14 +138,18 @@ def main() -> None:
     p.add_argument("--per-round", type=int, default=40)
     p.add_argument("--concurrency", type=int, default=20)
     p.add_argument("--port", type=int, default=18795)
+    p.add_argument("--tts-chunk-bytes", type=int, default=800, help="the emulator's TTS chunk (800 = make bench's)")
+    p.add_argument("--uvloop", action="store_true", help="run the clients on uvloop, as the bot does")
     args = p.parse_args()
     argv = [sys.executable, "-m", "voicebot.emulators", "--port", str(args.port), "--quiet",
             "--deepgram-key", KEY, "--openai-key", KEY, "--tts-ttfb-ms", "0", "--tts-bytes-per-second", "32000",
-            "--tts-chunk-bytes", "800", "--llm-ttft-ms", "0", "--llm-tokens-per-second", "100"]  # fmt: skip
+            "--tts-chunk-bytes", str(args.tts_chunk_bytes), "--llm-ttft-ms", "0",
+            "--llm-tokens-per-second", "100"]  # fmt: skip
     emulators = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(3.0)
-        results = asyncio.run(run(f"http://127.0.0.1:{args.port}", args.rounds, args.per_round, args.concurrency))
+        runner = uvloop.run if args.uvloop else asyncio.run
+        results = runner(run(f"http://127.0.0.1:{args.port}", args.rounds, args.per_round, args.concurrency))
     finally:
         emulators.send_signal(signal.SIGTERM)
         emulators.wait(10)
@@ -139,6 +161,8 @@ def main() -> None:
         ratios = ", ".join(f"{k} {row[k] / base[k]:.2f}x" for k in row)
         print(f"{variant:8} Aura REST sentence {row['tts']:.3f} ms | OpenAI streamed reply {row['llm']:.3f} ms"
               f" (read as SDK chunk models: {row['llm_models']:.3f} ms) | vs httpx: {ratios}")  # fmt: skip
+    floor = statistics.median(results["aiohttp_only"]["tts"])
+    print(f"aiohttp alone (no SDK, no httpx) Aura REST sentence {floor:.3f} ms: reading the chunks by itself")
 
 
 if __name__ == "__main__":
