@@ -139,7 +139,8 @@ class Bench:
             await asyncio.sleep(1.0)  # the fixed phrases are synthesised at startup
         elif kind == "relay":
             argv = [PY, str(ROOT / "scripts" / "bench_relay.py"), "--port", str(port), "--emulator-url",
-                    self.emu_url, "--public-url", public]  # fmt: skip
+                    self.emu_url, "--public-url", public,
+                    "--batch-frames", str(self.args.relay_batch_frames)]  # fmt: skip
             proc = await self.procs.start("relay", argv, SERVER_CORE)
         else:
             argv = [str(PIPECAT_PY), str(ROOT / "scripts" / "pipecat_bot.py"), "--port", str(port),
@@ -357,6 +358,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--baseline", type=Path, help="with --sweep: also run the server from this source tree, per N")
     p.add_argument("--skip-relay", action="store_true", help="with --sweep: no floor relay phase")
+    p.add_argument("--relay-batch-frames", type=int, default=3, help="20 ms frames per STT message in the floor relay")
     p.add_argument("--server-workers", type=int, default=1, help="voicebot --workers N, on both cores")
     p.add_argument("--calls-per-process", type=int, default=25, help="simulated callers per load process")
     p.add_argument("--base-port", type=int, default=18711)

@@ -2,7 +2,9 @@
 
 An aiohttp server on uvloop that answers ``POST /voice`` with ``<Connect><Stream>`` TwiML and, per ``/media``
 WebSocket, opens one Deepgram live STT WebSocket (aiohttp client, no compression, voicebot's query), then for each
-Twilio message: parse the JSON, base64-decode the ``media`` payload, send it to STT. STT results are read and
+Twilio message: parse the JSON, base64-decode the ``media`` payload, and send the audio to STT in messages of
+``--batch-frames`` 20 ms frames (default 3, 60 ms: what voicebot sends, so the relay pays no more socket writes than
+the bot; 1 = a message per Twilio frame, the relay of the rounds before 2026-12-02 evening). STT results are read and
 dropped. No VAD, no turn-taking, no LLM, no TTS, no logging. The bot's CPU per call divided by this relay's is how
 far the bot is from the floor on the same machine with the same callers.
 
@@ -41,9 +43,12 @@ STT_QUERY = {
 CONNECT_TIMEOUT_S = 5.0
 SEND_TIMEOUT_S = 5.0
 MAX_MESSAGE_BYTES = 65536
+FRAME_BYTES = 160
+"""20 ms of mu-law at 8 kHz: one Twilio media message."""
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 STT_URL = web.AppKey("stt_url", str)
 STREAM_URL = web.AppKey("stream_url", str)
+BATCH_FRAMES = web.AppKey("batch_frames", int)
 
 
 async def voice(request: web.Request) -> web.Response:
@@ -59,6 +64,8 @@ async def media(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES)
     await ws.prepare(request)
     stt: aiohttp.ClientWebSocketResponse | None = None
+    batch_bytes = request.app[BATCH_FRAMES] * FRAME_BYTES
+    audio = bytearray()
     try:
         async with asyncio.TaskGroup() as tg:
             async for msg in ws:
@@ -67,8 +74,11 @@ async def media(request: web.Request) -> web.WebSocketResponse:
                 data = orjson.loads(msg.data)
                 event = data.get("event")
                 if event == "media" and stt is not None:
-                    async with asyncio.timeout(SEND_TIMEOUT_S):
-                        await stt.send_bytes(base64.b64decode(data["media"]["payload"]))
+                    audio += base64.b64decode(data["media"]["payload"])
+                    if len(audio) >= batch_bytes:
+                        async with asyncio.timeout(SEND_TIMEOUT_S):
+                            await stt.send_bytes(bytes(audio))
+                        audio.clear()
                 elif event == "start" and stt is None:
                     async with asyncio.timeout(CONNECT_TIMEOUT_S):
                         stt = await request.app[HTTP].ws_connect(
@@ -96,6 +106,7 @@ async def serve(args: argparse.Namespace) -> None:
     app[STT_URL] = emulator.replace("http", "ws", 1) + "/v1/listen?" + urlencode(STT_QUERY)
     public = args.public_url.rstrip("/")
     app[STREAM_URL] = public.replace("https://", "wss://").replace("http://", "ws://") + "/media"
+    app[BATCH_FRAMES] = args.batch_frames
     app.router.add_post("/voice", voice)
     app.router.add_get("/media", media)
     async with aiohttp.ClientSession() as http:
@@ -116,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--emulator-url", required=True)
     p.add_argument("--public-url", required=True)
     p.add_argument("--max-s", type=float, default=1800.0)
+    p.add_argument("--batch-frames", type=int, default=3, help="20 ms frames per STT message (voicebot: 3)")
     args = p.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(serve(args))
