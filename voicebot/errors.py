@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 from typing import TypeVar
 
 E = TypeVar("E", bound=BaseException)
@@ -33,6 +34,37 @@ class CallEnded(VoicebotError):
         super().__init__(reason)
         self.reason = reason
         self.code = code
+
+
+def handled(group: BaseExceptionGroup[E]) -> E:
+    """The first exception of a group that ``except*`` has handled, with every traceback in the group dropped.
+
+    A traceback holds the frames it passed through, and their locals: a call's objects. Python 3.11's TaskGroup raises
+    its group from a frame that holds the group (a reference cycle), and an exception kept after it was handled (an
+    attempt's error, a call's end) holds its own frames; either way the whole call stayed in memory until the next
+    full run of the cycle collector (tests/test_call_memory.py). Nothing here needs the tracebacks once handled.
+    """
+    drop_tracebacks(group)
+    return first_leaf(group)
+
+
+def drop_tracebacks(exc: BaseException) -> None:
+    """Clear the traceback of ``exc`` (and the finished frames' locals), of everything in it if it is a group, and
+    of its causes and contexts."""
+    pending, seen = [exc], set()
+    while pending:
+        e = pending.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if e.__traceback__ is not None:
+            # The frames' locals too: a frame that raised the group may hold it (TaskGroup.__aexit__ in 3.11), and
+            # another exception derived from it (what ``except*`` hands over) shares its traceback.
+            traceback.clear_frames(e.__traceback__)
+        e.__traceback__ = None
+        if isinstance(e, BaseExceptionGroup):
+            pending.extend(e.exceptions)
+        pending.extend(x for x in (e.__cause__, e.__context__) if x is not None)
 
 
 def first_leaf(group: BaseExceptionGroup[E]) -> E:

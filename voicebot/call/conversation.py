@@ -39,7 +39,7 @@ from voicebot.call.turns import (
     TurnTaking,
 )
 from voicebot.call.vad import FrameVad
-from voicebot.errors import CallEnded, ProviderError, first_leaf
+from voicebot.errors import CallEnded, ProviderError, handled
 from voicebot.logs import REDACTOR, get_logger
 from voicebot.metrics import Metrics
 from voicebot.providers.base import (
@@ -55,6 +55,7 @@ from voicebot.providers.base import (
 )
 from voicebot.providers.deepgram_flux import FLUX_CHUNK_MS
 from voicebot.settings import Settings
+from voicebot.taskgroup import TaskGroup
 from voicebot.tools import CONTROL_TOOLS, ToolContext, ToolLimits, ToolRunner
 from voicebot.twilio import twiml, wire
 
@@ -173,7 +174,7 @@ class Conversation:
         try:
             # Side-effecting tool calls live in their own TaskGroup around the call's loops: when the call ends
             # (hang-up, the bot's goodbye), a booking in flight is waited for, not cut off mid-request.
-            async with asyncio.TaskGroup() as side_effects:
+            async with TaskGroup() as side_effects:
                 self._tools = ToolRunner(
                     self.services.tools,
                     self._tool_context,
@@ -197,13 +198,19 @@ class Conversation:
 
     async def _run_call(self) -> None:
         # The call's voice first: a socket transport starts connecting now, without delaying the greeting.
-        async with self.services.tts.open_call() as voice, asyncio.TaskGroup() as tg:
-            self._voice = voice
-            self._tg = tg
-            self._start_fixed(self.settings.greeting, interruptible=True, grace_ms=self.settings.barge_in_grace_ms)
-            tg.create_task(self._control(), name="control")
-            tg.create_task(self._listen(), name="stt")
-            tg.create_task(self._playout_watchdog(), name="playout-watchdog")
+        try:
+            async with self.services.tts.open_call() as voice, TaskGroup() as tg:
+                self._voice = voice
+                self._tg = tg
+                self._start_fixed(self.settings.greeting, interruptible=True, grace_ms=self.settings.barge_in_grace_ms)
+                tg.create_task(self._control(), name="control")
+                tg.create_task(self._listen(), name="stt")
+                tg.create_task(self._playout_watchdog(), name="playout-watchdog")
+        finally:
+            # The group holds the task running this method, and the turn's task holds its cancellation's traceback:
+            # either would keep the call in a cycle that only a full collection frees (tests/test_call_memory.py).
+            self._tg = None
+            self._turn_task = None
 
     async def _playout_watchdog(self) -> None:
         """Twilio echoes each mark once its audio has played; marks long overdue mean the peer stopped reading."""
@@ -302,7 +309,7 @@ class Conversation:
         """One STT connection, until it fails; returns the failure."""
         failure: ProviderError = ProviderError("deepgram_stt", "stream ended", transient=True)
         try:
-            async with self.services.stt.connect() as stream, asyncio.TaskGroup() as tg:
+            async with self.services.stt.connect() as stream, TaskGroup() as tg:
                 self._stt = stream
                 self._stt_silent_since = None
                 # Everything since the last final result (a superset of what is queued), once: nothing said while
@@ -319,7 +326,7 @@ class Conversation:
                 async for event in stream.events():
                     self._on_stt(event, time.monotonic())
         except* ProviderError as group:
-            failure = first_leaf(group)
+            failure = handled(group)
         finally:
             self._stt = None
         return failure

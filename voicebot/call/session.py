@@ -12,8 +12,9 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from voicebot.call.conversation import Conversation
 from voicebot.call.services import Services
 from voicebot.call.state import AppState
-from voicebot.errors import CallEnded, first_leaf
+from voicebot.errors import CallEnded, handled
 from voicebot.logs import get_logger
+from voicebot.taskgroup import TaskGroup
 from voicebot.twilio import wire
 from voicebot.twilio.outbound import ContextError
 from voicebot.twilio.security import TokenError
@@ -92,7 +93,7 @@ class CallSession:
     async def _serve(self) -> int:
         ended: CallEnded | None = None
         try:
-            async with asyncio.TaskGroup() as tg:
+            async with TaskGroup() as tg:
                 if self.services is not None and self.start is not None:
                     self.conversation = Conversation(
                         self.ws,
@@ -110,7 +111,7 @@ class CallSession:
                 tg.create_task(self._watchdog())
                 tg.create_task(self._shutdown_watch())
         except* CallEnded as group:
-            ended = first_leaf(group)
+            ended = handled(group)
         # Every loop runs until it raises CallEnded, so ``ended`` is always set here.
         assert ended is not None
         self.end_reason = ended.reason

@@ -17,9 +17,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from voicebot.errors import ProviderError, first_leaf
+from voicebot.errors import ProviderError, handled
 from voicebot.logs import get_logger
 from voicebot.providers.base import TextToSpeech
+from voicebot.taskgroup import TaskGroup
 
 log = get_logger("voicebot.tts")
 
@@ -224,12 +225,12 @@ class SocketConnection(Generic[C]):
                 self.opened_at = time.monotonic()
                 attempt.connected.set()
                 log.info("tts_socket_opened", provider=self.provider)
-                async with asyncio.TaskGroup() as tg:
+                async with TaskGroup() as tg:
                     tg.create_task(self._write_loop(conn), name=f"{self.provider}-socket-writer")
                     await self._read(conn)
                     raise ProviderError(self.provider, "socket closed by the server", transient=True)
         except* ProviderError as group:
-            error = first_leaf(group)
+            error = handled(group)
             attempt.error = error
             attempt.connected.set()
             self.failures += 1
