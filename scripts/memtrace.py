@@ -2,6 +2,7 @@
 
     python scripts/memtrace.py OUT_DIR [voicebot args...]
     MEMTRACE_TRIM=1 python scripts/memtrace.py OUT_DIR   # no tracemalloc; each SIGUSR1 also calls malloc_trim(0)
+    MEMTRACE_GARBAGE=1 python scripts/memtrace.py OUT_DIR  # no tracemalloc; each SIGUSR1 lists the cyclic garbage
 
 Used by ``scripts/soak.py --tracemalloc``: the soak signals the server between rounds and compares the snapshots
 (what Python objects the server still holds, by allocation site) with its RSS (what the process holds), so that
@@ -82,6 +83,27 @@ def _mappings() -> str:
     return f"rollup {rollup}; largest {maps[:10]}; mappings {len(maps)}"
 
 
+def _garbage() -> str:
+    """What only the cycle collector would free right now (objects in unreachable reference cycles), by type, with
+    the bytes of their buffers: what a call leaves behind until the next full collection."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        found = gc.collect()
+        objects = list(gc.garbage)
+    finally:
+        gc.garbage.clear()
+        gc.set_debug(0)
+    types = collections.Counter(type(o).__qualname__ for o in objects)
+    sizes = collections.Counter()
+    for o in objects:
+        sizes[type(o).__qualname__] += sys.getsizeof(o)
+    del objects
+    total = sum(sizes.values())
+    return f"cyclic garbage: {found} objects, {total} bytes; by type {types.most_common(30)}; " + (
+        f"bytes by type {sizes.most_common(15)}\n"
+    )
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
@@ -89,13 +111,14 @@ def main() -> None:
 
     def dump(_sig: int, _frame: FrameType | None) -> None:
         nonlocal count
+        text = _garbage() if garbage else ""
         gc.collect()
-        text = f"rss_kib {_rss_kib()} mallinfo {_mallinfo()}\npymalloc {_pymalloc_stats()}\n{_mappings()}\n"
+        text += f"rss_kib {_rss_kib()} mallinfo {_mallinfo()}\npymalloc {_pymalloc_stats()}\n{_mappings()}\n"
         if trim:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
             libc.malloc_trim(0)
             text += f"after malloc_trim(0): rss_kib {_rss_kib()} mallinfo {_mallinfo()}\n"
-        else:
+        elif not garbage:
             snap = tracemalloc.take_snapshot()
             snap.dump(str(out / f"snap-{count}.tracemalloc"))
             traced, peak = tracemalloc.get_traced_memory()
@@ -106,7 +129,8 @@ def main() -> None:
         count += 1
 
     trim = os.environ.get("MEMTRACE_TRIM") == "1"
-    if not trim:
+    garbage = os.environ.get("MEMTRACE_GARBAGE") == "1"
+    if not trim and not garbage:
         tracemalloc.start(FRAMES)
     signal.signal(signal.SIGUSR1, dump)
     sys.argv = ["voicebot", *sys.argv[2:]]
