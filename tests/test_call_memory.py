@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
+
 from tests.world import World
 from voicebot.call.session import CallSession
 from voicebot.caller import HangUp, Say, WaitForBotAudio, WaitForBotSilence
@@ -58,7 +60,8 @@ def referrer_tree(obj: Any, ignore: list[Any], depth: int = 7) -> list[str]:
     return lines
 
 
-async def test_a_finished_call_is_freed_without_a_full_collection(start_world: Any) -> None:
+@pytest.mark.parametrize("hang_up", ["after_the_reply", "during_the_reply"])
+async def test_a_finished_call_is_freed_without_a_full_collection(start_world: Any, hang_up: str) -> None:
     world: World = await start_world()
     world.emu.stt.script.append("When are you open?")
     world.emu.llm.script.append("We are open from nine to six.")
@@ -66,7 +69,9 @@ async def test_a_finished_call_is_freed_without_a_full_collection(start_world: A
     with no_automatic_collections():
         greeting = [WaitForBotAudio(WAIT_S), WaitForBotSilence(WAIT_S, quiet_ms=400)]
         answer = [WaitForBotAudio(WAIT_S), WaitForBotSilence(WAIT_S, quiet_ms=400)]
-        call = asyncio.create_task(world.call([*greeting, Say("hours"), *answer, HangUp()]))
+        # Hanging up while the bot speaks ends the call with its turn cancelled mid-reply.
+        reply = answer if hang_up == "after_the_reply" else [WaitForBotAudio(WAIT_S)]
+        call = asyncio.create_task(world.call([*greeting, Say("hours"), *reply, HangUp()]))
         while not state.sessions and not call.done():
             await asyncio.sleep(0.01)
         session: CallSession = next(iter(state.sessions))

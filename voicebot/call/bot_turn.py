@@ -182,19 +182,16 @@ class BotTurn:
 
     async def run(self) -> TurnResult:
         """Produce, send and play the whole turn; returns once its final mark has been echoed (or given up on)."""
-        try:
-            async with TaskGroup() as tg:
-                self._tg = tg
-                if self._fixed is not None:
-                    text, audio = self._fixed
-                    await self._add_segment(text, audio)
-                    await self._queue.put(None)
-                else:
-                    tg.create_task(self._think(), name=f"turn-{self.gen}-llm")
-                tg.create_task(self._assemble(), name=f"turn-{self.gen}-assemble")
-                tg.create_task(self._send(), name=f"turn-{self.gen}-send")
-        finally:
-            self._tg = None  # it holds the task running this method: a cycle that only a full collection frees
+        async with TaskGroup() as tg:
+            self._tg = tg
+            if self._fixed is not None:
+                text, audio = self._fixed
+                await self._add_segment(text, audio)
+                await self._queue.put(None)
+            else:
+                tg.create_task(self._think(), name=f"turn-{self.gen}-llm")
+            tg.create_task(self._assemble(), name=f"turn-{self.gen}-assemble")
+            tg.create_task(self._send(), name=f"turn-{self.gen}-send")
         return TurnResult(
             heard=heard_text(self.segments, len(self.timeline)),
             tool_calls=self.tool_calls,

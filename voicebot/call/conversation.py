@@ -207,9 +207,9 @@ class Conversation:
                 tg.create_task(self._listen(), name="stt")
                 tg.create_task(self._playout_watchdog(), name="playout-watchdog")
         finally:
-            # The group holds the task running this method, and the turn's task holds its cancellation's traceback:
-            # either would keep the call in a cycle that only a full collection frees (tests/test_call_memory.py).
-            self._tg = None
+            # A turn cut off by the hang-up holds this conversation (its callbacks) and its task holds the
+            # cancellation's traceback: cycles that only a full collection frees (tests/test_call_memory.py).
+            self._turn = None
             self._turn_task = None
 
     async def _playout_watchdog(self) -> None:
