@@ -67,17 +67,15 @@ async def test_a_finished_call_is_freed_without_a_full_collection(start_world: A
     world.emu.llm.script.append("We are open from nine to six.")
     state = world.server.state
     with no_automatic_collections():
-        greeting = [WaitForBotAudio(WAIT_S), WaitForBotSilence(WAIT_S, quiet_ms=400)]
-        answer = [WaitForBotAudio(WAIT_S), WaitForBotSilence(WAIT_S, quiet_ms=400)]
+        heard = [WaitForBotAudio(WAIT_S), WaitForBotSilence(WAIT_S, quiet_ms=400)]
         # Hanging up while the bot speaks ends the call with its turn cancelled mid-reply.
-        reply = answer if hang_up == "after_the_reply" else [WaitForBotAudio(WAIT_S)]
-        call = asyncio.create_task(world.call([*greeting, Say("hours"), *reply, HangUp()]))
-        while not state.sessions and not call.done():
-            await asyncio.sleep(0.01)
+        reply = heard if hang_up == "after_the_reply" else [WaitForBotAudio(WAIT_S)]
+        call = asyncio.create_task(world.call([*heard, Say("hours"), *reply, HangUp()]))
+        async with asyncio.timeout(WAIT_S):
+            while not state.sessions or next(iter(state.sessions)).conversation is None:
+                await asyncio.sleep(0.01)
         session: CallSession = next(iter(state.sessions))
         refs = {"session": weakref.ref(session)}
-        while session.conversation is None:
-            await asyncio.sleep(0.01)
         refs["conversation"] = weakref.ref(session.conversation)
         refs["websocket"] = weakref.ref(session.ws)
         del session
@@ -87,8 +85,9 @@ async def test_a_finished_call_is_freed_without_a_full_collection(start_world: A
         gc.collect()
         result = await call
         assert result.ok, result.format_timeline()
-        while state.sessions:
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(WAIT_S):
+            while state.sessions:
+                await asyncio.sleep(0.01)
         await asyncio.sleep(0.2)  # the handler's last steps after the session leaves the set
         gc.collect(1)  # the young generations only: what the interpreter collects every few thousand allocations
         alive = {name: ref() for name, ref in refs.items() if ref() is not None}

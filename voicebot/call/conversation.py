@@ -209,8 +209,7 @@ class Conversation:
         finally:
             # A turn cut off by the hang-up holds this conversation (its callbacks) and its task holds the
             # cancellation's traceback: cycles that only a full collection frees (tests/test_call_memory.py).
-            self._turn = None
-            self._turn_task = None
+            self._turn = self._turn_task = None
 
     async def _playout_watchdog(self) -> None:
         """Twilio echoes each mark once its audio has played; marks long overdue mean the peer stopped reading."""
