@@ -126,10 +126,12 @@ class Bench:
                 # info, not warning: the barge-in phase reads the server's barge_in_clear lines (a few per call).
                 "VOICEBOT_LOG_LEVEL": "info",
             }  # fmt: skip
+            env |= dict(item.split("=", 1) for item in getattr(self.args, "server_env", []))  # bench_voices: none
             cwd = ROOT
             if kind == "base":  # the same server from another source tree, for before/after in one run
                 cwd = self.args.baseline.resolve()
                 env |= {"PYTHONPATH": str(cwd), "VOICEBOT_TRANSCRIPT_DIR": str(self.transcripts_base)}
+                env |= dict(item.split("=", 1) for item in self.args.baseline_env)
             argv, core = [PY, "-m", "voicebot"], SERVER_CORE
             workers = getattr(self.args, "server_workers", 1)  # bench_voices.py builds its own args
             if workers > 1:  # the whole machine: calls per machine, not per core
@@ -311,14 +313,15 @@ class Bench:
         await self.start_server("voicebot")
         if self.args.baseline:
             await self.start_server("base")  # idle while the other runs (0.2 % of a core)
-        await self.configure(LOADED)
+        await self.configure({**LOADED, "tts_chunk_bytes": self.args.tts_chunk_bytes})
+        script = self.args.sweep_script
         for n in self.args.sweep_calls:
             profile = n == self.args.calls
             duration = n * self.args.spacing_s + t.settle_s + t.window_s + (t.profile_s if profile else 0) + 3
             if self.args.baseline:
-                await self.run_phase(f"base_{n}", "base", calls=n, script="talk", duration_s=duration, measure=t,
+                await self.run_phase(f"base_{n}", "base", calls=n, script=script, duration_s=duration, measure=t,
                                      profile=profile)  # fmt: skip
-            await self.run_phase(f"sweep_{n}", "voicebot", calls=n, script="talk", duration_s=duration, measure=t,
+            await self.run_phase(f"sweep_{n}", "voicebot", calls=n, script=script, duration_s=duration, measure=t,
                                  profile=profile)  # fmt: skip
         await self.procs.stop("voicebot")
         await self.procs.stop("base")
@@ -326,7 +329,7 @@ class Bench:
             return
         await self.start_server("relay")
         n = self.args.calls
-        await self.run_phase("relay_n", "relay", calls=n, script="talk",
+        await self.run_phase("relay_n", "relay", calls=n, script=script,
                              duration_s=n * self.args.spacing_s + t.settle_s + t.window_s + 3, measure=t)  # fmt: skip
         await self.procs.stop("relay")
 
@@ -357,6 +360,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--sweep-calls", type=parse_calls, default=SWEEP, help="comma-separated (default 1,10,25,50,100,150)"
     )
     p.add_argument("--baseline", type=Path, help="with --sweep: also run the server from this source tree, per N")
+    p.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set this in the environment of every voicebot server of the run (--baseline-env overrides it)",
+    )
+    p.add_argument(
+        "--sweep-script",
+        choices=["talk", "listen"],
+        default="talk",
+        help="with --sweep: the callers' script (listen: silent after the greeting, the per-frame cost)",
+    )
+    p.add_argument(
+        "--tts-chunk-bytes",
+        type=int,
+        default=800,
+        help="with --sweep: the TTS emulator's read size (800: 100 ms of audio, a read each)",
+    )
+    p.add_argument(
+        "--baseline-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --baseline: set this in the base server's environment (e.g. the main tree with "
+        "another setting: --baseline . --baseline-env DEEPGRAM_TTS_TRANSPORT=websocket)",
+    )
     p.add_argument("--skip-relay", action="store_true", help="with --sweep: no floor relay phase")
     p.add_argument("--relay-batch-frames", type=int, default=3, help="20 ms frames per STT message in the floor relay")
     p.add_argument("--server-workers", type=int, default=1, help="voicebot --workers N, on both cores")

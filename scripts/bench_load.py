@@ -164,6 +164,8 @@ class BenchEmulators:
             cfg.llm.ttft_ms = body["llm_ttft_ms"]
         if "tts_ttfb_ms" in body:
             cfg.tts.ttfb_ms = body["tts_ttfb_ms"]
+        if "tts_chunk_bytes" in body:
+            cfg.tts.chunk_bytes = body["tts_chunk_bytes"]
         return web.json_response({"reply": self.reply, "llm_tps": cfg.llm.tokens_per_second})
 
     async def fetch(self, _request: web.Request) -> web.Response:
@@ -238,6 +240,8 @@ def script_for(name: str) -> list[Step]:
         return greeting + [Say("okay"), WaitForBotAudio(10.0), WaitForBotSilence(15.0, 300), Silence(200)] * 100
     if name == "barge":  # interrupt every reply one second into its audio
         return [*greeting, Say("hours"), *[SayWhileBotSpeaks("question", after_ms=1000, timeout=10.0)] * 30]
+    if name == "listen":  # silent after the greeting: what a call costs per inbound frame, without turns
+        return [*greeting, Silence(3_600_000)]
     raise ValueError(f"unknown script {name!r}")
 
 
@@ -322,7 +326,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     c.add_argument("--spacing-s", type=float, default=0.05, help="between call starts")
     c.add_argument("--offset-s", type=float, default=0.0, help="before the first call (callers in several processes)")
     c.add_argument("--duration-s", type=float, default=30.0, help="each call's length")
-    c.add_argument("--script", choices=["talk", "short", "barge"], default="talk")
+    c.add_argument("--script", choices=["talk", "short", "barge", "listen"], default="talk")
     c.add_argument("--out", required=True)
     return p.parse_args(argv)
 

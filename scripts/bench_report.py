@@ -307,8 +307,10 @@ def sweep_section(bench: Bench) -> tuple[list[str], list[dict[str, Any]]]:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     if any(p.name.startswith("base_") for p in phases):
-        lines[5:5] = [f"Rows marked *base* ran the server from `{bench.args.baseline}` (before), interleaved with this "
-                      "tree's server (after) in the same run, against the same emulators.", ""]  # fmt: skip
+        env = " ".join(getattr(bench.args, "baseline_env", []))
+        with_env = f" with `{env}`" if env else ""
+        lines[5:5] = [f"Rows marked *base* ran the server from `{bench.args.baseline}`{with_env} (before), interleaved "
+                      "with this tree's server (after) in the same run, against the same emulators.", ""]  # fmt: skip
     raw = []
     for phase in phases:
         w = phase.window
