@@ -313,14 +313,20 @@ class Bench:
         await self.start_server("voicebot")
         if self.args.baseline:
             await self.start_server("base")  # idle while the other runs (0.2 % of a core)
-        await self.configure({**LOADED, "tts_chunk_bytes": self.args.tts_chunk_bytes})
+        loaded = {**LOADED, "tts_chunk_bytes": self.args.tts_chunk_bytes}
+        await self.configure(loaded)
+        base_chunk = self.args.baseline_tts_chunk_bytes
         script = self.args.sweep_script
         for n in self.args.sweep_calls:
             profile = n == self.args.calls
             duration = n * self.args.spacing_s + t.settle_s + t.window_s + (t.profile_s if profile else 0) + 3
             if self.args.baseline:
+                if base_chunk is not None:
+                    await self.configure({**loaded, "tts_chunk_bytes": base_chunk})
                 await self.run_phase(f"base_{n}", "base", calls=n, script=script, duration_s=duration, measure=t,
                                      profile=profile)  # fmt: skip
+            if base_chunk is not None:
+                await self.configure(loaded)
             await self.run_phase(f"sweep_{n}", "voicebot", calls=n, script=script, duration_s=duration, measure=t,
                                  profile=profile)  # fmt: skip
         await self.procs.stop("voicebot")
@@ -378,6 +384,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         default=800,
         help="with --sweep: the TTS emulator's read size (800: 100 ms of audio, a read each)",
+    )
+    p.add_argument(
+        "--baseline-tts-chunk-bytes",
+        type=int,
+        help="with --baseline: the TTS emulator's read size during the base server's phases",
     )
     p.add_argument(
         "--baseline-env",

@@ -308,6 +308,8 @@ def sweep_section(bench: Bench) -> tuple[list[str], list[dict[str, Any]]]:
     ]  # fmt: skip
     if any(p.name.startswith("base_") for p in phases):
         env = " ".join(getattr(bench.args, "baseline_env", []))
+        chunk = getattr(bench.args, "baseline_tts_chunk_bytes", None)
+        env = " ".join(x for x in (env, f"TTS chunks of {chunk} bytes" if chunk else "") if x)
         with_env = f" with `{env}`" if env else ""
         lines[5:5] = [f"Rows marked *base* ran the server from `{bench.args.baseline}`{with_env} (before), interleaved "
                       "with this tree's server (after) in the same run, against the same emulators.", ""]  # fmt: skip

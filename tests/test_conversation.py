@@ -12,6 +12,8 @@ import pytest
 
 from tests.voices import VOICES, VoiceCase
 from tests.world import World, audio_of, segments_of
+from voicebot.audio import BYTES_PER_SECOND
+from voicebot.call.bot_turn import READ_PACE_S
 from voicebot.caller import CallResult, Dtmf, HangUp, Say, SayWhileBotSpeaks, WaitForBotAudio, WaitForBotSilence
 from voicebot.caller.script import Step
 from voicebot.emulators import Emulators, LlmReply, ToolCall
@@ -154,6 +156,43 @@ async def test_reply_is_played_in_text_order_even_when_the_first_segment_is_slow
     first_id = requests[segments[0]].data["request_id"]
     first_byte = next(e.t for e in world.emu.select("tts", "first_byte") if e.data["request_id"] == first_id)
     assert all(requests[s].t < first_byte for s in segments[1:])
+
+
+@pytest.mark.parametrize("voice", list(VOICES), indirect=True)
+async def test_a_reply_well_ahead_of_the_caller_is_read_in_large_pieces_and_never_runs_dry(
+    start_world: Any,
+) -> None:
+    """Once the caller has READ_AHEAD_S of the reply queued, TTS is read every READ_PACE_S instead of at each
+    network chunk: the same bytes in the same order, in far fewer media messages, and still ahead of playback."""
+    world: World = await start_world()
+    world.emu.tts.config.bytes_per_second = 4 * BYTES_PER_SECOND  # synthesis at 4x real time, a chunk at a time
+    world.emu.stt.script.append("What do the plans cost?")
+    world.emu.llm.script.append(MEDIUM_REPLY)
+    result = await world.call(
+        [*greeting_steps(), Say("hours"), WaitForBotAudio(WAIT_S), WaitForBotSilence(WAIT_S, quiet_ms=800), HangUp()]
+    )
+    assert result.ok, result.format_timeline()
+    greeting = audio_of(world.server.settings.greeting)
+    reply, later = reply_media(result, greeting)
+    assert later == []
+    segments = [audio_of(s) for s in segments_of(MEDIUM_REPLY)]
+    assert reply == b"".join(segments)
+    skip, messages = len(greeting), []
+    for media in result.media:
+        if skip > 0:
+            skip -= len(media.payload)
+            continue
+        messages.append(media)
+    chunk = world.emu.tts.config.chunk_bytes
+    chunks = sum(-(-len(audio) // chunk) for audio in segments)
+    # Each TTS chunk as its own media message would be `chunks` messages (77 here); paced reads make a few dozen.
+    assert 2 * len(messages) < chunks, (len(messages), chunks)
+    # Played in real time from its first message, the reply never runs out before the next message arrives.
+    start, queued_s, shortfall_s = messages[0].t, 0.0, 0.0
+    for media in messages:
+        shortfall_s = max(shortfall_s, (media.t - start) - queued_s)
+        queued_s += len(media.payload) / BYTES_PER_SECOND
+    assert shortfall_s < READ_PACE_S, shortfall_s
 
 
 @all_voices_and_flux

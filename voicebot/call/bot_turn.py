@@ -39,6 +39,12 @@ MARK_EVERY_BYTES = BYTES_PER_SECOND
 """A mark about every second of audio, plus one at each segment end."""
 MAX_MEDIA_BYTES = BYTES_PER_SECOND
 """Largest media message: one second of audio (about 10.7 kB of base64)."""
+READ_AHEAD_S = 1.0
+"""Once the caller has this much of the turn's audio queued at Twilio, a TTS response is read every READ_PACE_S
+instead of as each network chunk lands. Synthesis runs faster than speech, so the caller still never waits, and the
+audio moves through the turn (segment buffer, timeline, media message) in a few large pieces instead of one per
+chunk: a third fewer media messages per call in ``make bench`` (BENCHMARKS, Round 4)."""
+READ_PACE_S = 0.2
 TTS_FIRST_BYTE_TIMEOUT_S = 3.0
 TTS_CHUNK_TIMEOUT_S = 3.0
 TTS_RETRIES = 1
@@ -225,6 +231,7 @@ class BotTurn:
     def pause(self) -> None:
         """Stage 1: stop sending at once (the session sends Twilio's ``clear``)."""
         self.paused = True
+        self.audio_end = min(self.audio_end, time.monotonic())  # the clear empties the caller's queue
 
     def resume(self) -> None:
         """False alarm: replay from the last mark the caller is known to have heard."""
@@ -390,6 +397,8 @@ class BotTurn:
                                 deadline.reschedule(loop.time() + TTS_CHUNK_TIMEOUT_S)
                                 segment.buffer += chunk
                                 segment.changed.set()
+                                if self.audio_end - time.monotonic() > READ_AHEAD_S:
+                                    await asyncio.sleep(READ_PACE_S)  # the response gathers meanwhile
                     break
                 except (ProviderError, TimeoutError) as exc:
                     reason = str(exc) if isinstance(exc, ProviderError) else "timed out"
