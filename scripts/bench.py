@@ -126,12 +126,12 @@ class Bench:
                 # info, not warning: the barge-in phase reads the server's barge_in_clear lines (a few per call).
                 "VOICEBOT_LOG_LEVEL": "info",
             }  # fmt: skip
-            env |= dict(item.split("=", 1) for item in getattr(self.args, "server_env", []))  # bench_voices: none
+            env |= env_pairs(getattr(self.args, "server_env", []))  # bench_voices.py's args have none
             cwd = ROOT
             if kind == "base":  # the same server from another source tree, for before/after in one run
                 cwd = self.args.baseline.resolve()
                 env |= {"PYTHONPATH": str(cwd), "VOICEBOT_TRANSCRIPT_DIR": str(self.transcripts_base)}
-                env |= dict(item.split("=", 1) for item in self.args.baseline_env)
+                env |= env_pairs(self.args.baseline_env)
             argv, core = [PY, "-m", "voicebot"], SERVER_CORE
             workers = getattr(self.args, "server_workers", 1)  # bench_voices.py builds its own args
             if workers > 1:  # the whole machine: calls per machine, not per core
@@ -344,6 +344,11 @@ class Bench:
 
 
 SWEEP = (1, 10, 25, 50, 100, 150)
+
+
+def env_pairs(items: Sequence[str]) -> dict[str, str]:
+    """``KEY=VALUE`` arguments as a dict."""
+    return dict(item.split("=", 1) for item in items)
 
 
 def parse_calls(text: str) -> tuple[int, ...]:

@@ -185,7 +185,7 @@ async def test_a_reply_well_ahead_of_the_caller_is_read_in_large_pieces_and_neve
         messages.append(media)
     chunk = world.emu.tts.config.chunk_bytes
     chunks = sum(-(-len(audio) // chunk) for audio in segments)
-    # Each TTS chunk as its own media message would be `chunks` messages (77 here); paced reads make a few dozen.
+    # Each TTS chunk as its own media message would be `chunks` messages (62 here); paced reads make about two dozen.
     assert 2 * len(messages) < chunks, (len(messages), chunks)
     # Played in real time from its first message, the reply never runs out before the next message arrives.
     start, queued_s, shortfall_s = messages[0].t, 0.0, 0.0
