@@ -43,7 +43,7 @@ READ_AHEAD_S = 1.0
 """Once the caller has this much of the turn's audio queued at Twilio, a TTS response is read every READ_PACE_S
 instead of as each network chunk lands. Synthesis runs faster than speech, so the caller still never waits, and the
 audio moves through the turn (segment buffer, timeline, media message) in a few large pieces instead of one per
-chunk: a third fewer media messages per call in ``make bench`` (BENCHMARKS, Round 4)."""
+chunk: a fifth to a third fewer media messages per call in ``make bench`` (BENCHMARKS, Round 4)."""
 READ_PACE_S = 0.2
 TTS_FIRST_BYTE_TIMEOUT_S = 3.0
 TTS_CHUNK_TIMEOUT_S = 3.0
