@@ -26,6 +26,7 @@ import sys
 import time
 import timeit
 from pathlib import Path
+from urllib.parse import urlencode
 
 import aiohttp
 import httpx
@@ -37,14 +38,13 @@ from deepgram.listen.v1.socket_client import V1SocketClientResponse
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_relay import STT_QUERY  # noqa: E402  (the relay's query is voicebot's)
+
 from voicebot.providers.deepgram_client import deepgram_client  # noqa: E402
 
 KEY = "bench"
 AUDIO = b"\xff" * 480
 """60 ms of mu-law silence: one of the bot's STT messages."""
-QUERY = {"model": "nova-3", "language": "en-US", "encoding": "mulaw", "sample_rate": 8000, "channels": 1,
-         "interim_results": True, "endpointing": 300, "utterance_end_ms": 1000, "vad_events": True,
-         "smart_format": True, "punctuate": True}  # fmt: skip
 WORDS = ["I", "would", "like", "to", "know", "your", "opening", "hours"]
 RESULTS = json.dumps({
     "type": "Results", "channel_index": [0, 1], "duration": 1.02, "start": 3.5, "is_final": False,
@@ -56,15 +56,14 @@ RESULTS = json.dumps({
 
 
 async def sdk_socket(client: AsyncDeepgramClient, messages: int) -> None:
-    async with client.listen.v1.connect(**QUERY) as conn:  # type: ignore[arg-type]
+    async with client.listen.v1.connect(**STT_QUERY) as conn:  # type: ignore[arg-type]
         for _ in range(messages):
             await conn.send_media(AUDIO)
             await asyncio.sleep(0)  # let the loop run, as between the bot's messages
 
 
 async def aiohttp_socket(session: aiohttp.ClientSession, base: str, messages: int) -> None:
-    query = "&".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in QUERY.items())
-    url = f"{base.replace('http', 'ws', 1)}/v1/listen?{query}"
+    url = f"{base.replace('http', 'ws', 1)}/v1/listen?{urlencode(STT_QUERY)}"
     async with session.ws_connect(url, headers={"Authorization": f"Token {KEY}"}, compress=0) as ws:
         for _ in range(messages):
             await ws.send_bytes(AUDIO)
