@@ -1,16 +1,20 @@
-"""What the recogniser socket costs the bot per message, and what aiohttp's client WebSocket would save.
+"""What a Deepgram socket costs the bot: deepgram-sdk's default ``websockets`` transport against ours on aiohttp.
 
-The issue's candidate route for CPU was the Deepgram live socket on aiohttp (deepgram-sdk's process-wide
-``transport_factory``) instead of the SDK's default ``websockets`` legacy client. This measures the two halves of that
-path in this process, against the emulators in another:
+voicebot installs :class:`voicebot.providers.deepgram_socket.AiohttpSocket` through deepgram-sdk's
+``transport_factory`` hook. This measures, in this process, against a server in another, each variant through the
+same SDK client calls the bot makes (the hook is process-wide: the rounds switch it with the SDK's own
+``restore_transport``/``install_transport``, interleaved):
 
-- **send**: one 60 ms audio message (480 bytes, what the bot sends) through deepgram-sdk's ``send_media`` on its
-  default socket, and the same bytes through ``aiohttp``'s ``ws_connect`` (no compression), ``--concurrency`` sockets
-  at once, rounds interleaved, median per message;
-- **receive**: the SDK's parse of one ``Results`` message (``json.loads`` + ``construct_type`` into its response
-  union), which stays with any transport, since the SDK parses what the transport hands it.
+- **send**: one 60 ms audio message (480 bytes, what the bot sends) through ``send_media``, ``--concurrency``
+  sockets at once, client CPU per message (median of the rounds);
+- **receive**: one ``Results`` message (8 words): the SDK's parse (``json.loads`` + ``construct_type`` over its
+  response union) against the bot's own decode of the JSON into its ``Transcript``
+  (``voicebot.providers.deepgram_stt._event``);
+- **open** (``wss://``, a self-signed certificate added to the system's trust store through ``SSL_CERT_FILE``):
+  client CPU per socket opened and closed, handshakes included. The SDK's path builds a new default SSL context
+  (the whole trust store read again) for every connection.
 
-    .venv/bin/python scripts/bench_stt_socket.py [--rounds 5] [--messages 2000] [--concurrency 10]
+    .venv/bin/python scripts/bench_stt_socket.py [--rounds 5] [--messages 2000] [--concurrency 10] [--opens 30]
 """
 
 from __future__ import annotations
@@ -20,27 +24,18 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import timeit
 from pathlib import Path
-from urllib.parse import urlencode
-
-import aiohttp
-import httpx
-import uvloop
-from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
-from deepgram.core.unchecked_base_model import construct_type
-from deepgram.listen.v1.socket_client import V1SocketClientResponse
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-from bench_relay import STT_QUERY  # noqa: E402  (the relay's query is voicebot's)
-
-from voicebot.providers.deepgram_client import deepgram_client  # noqa: E402
 
 KEY = "bench"
 AUDIO = b"\xff" * 480
@@ -53,66 +48,176 @@ RESULTS = json.dumps({
         {"word": w, "start": 1.0, "end": 1.2, "confidence": 0.9, "punctuated_word": w} for w in WORDS]}]},
     "metadata": {"request_id": "x", "model_info": {"name": "n", "version": "v", "arch": "a"}, "model_uuid": "u"},
 })  # fmt: skip
+VARIANTS = ("websockets", "aiohttp")
 
 
-async def sdk_socket(client: AsyncDeepgramClient, messages: int) -> None:
-    async with client.listen.v1.connect(**STT_QUERY) as conn:  # type: ignore[arg-type]
+def clients(base: str, ws_base: str, http: Any) -> dict[str, Any]:
+    """One SDK client per variant, as the bot makes it (its headers computed once)."""
+    from deepgram import DeepgramClientEnvironment
+
+    from voicebot.providers.deepgram_client import deepgram_client
+
+    env = DeepgramClientEnvironment(base=base, production=ws_base, agent=ws_base, agent_rest=base)
+    return {name: deepgram_client(api_key=KEY, environment=env, httpx_client=http) for name in VARIANTS}
+
+
+def use(variant: str) -> None:
+    """Route every SDK socket of the process through ``variant`` from now on."""
+    from deepgram.transport import install_transport, restore_transport
+
+    from voicebot.providers.deepgram_socket import AiohttpSocket
+
+    restore_transport()
+    if variant == "aiohttp":
+        install_transport(async_factory=AiohttpSocket)
+
+
+async def one_socket(client: Any, messages: int) -> None:
+    from bench_relay import STT_QUERY
+
+    from voicebot.providers.deepgram_socket import opened
+
+    async with client.listen.v1.connect(**STT_QUERY) as conn:
+        await opened(conn)
         for _ in range(messages):
             await conn.send_media(AUDIO)
             await asyncio.sleep(0)  # let the loop run, as between the bot's messages
 
 
-async def aiohttp_socket(session: aiohttp.ClientSession, base: str, messages: int) -> None:
-    url = f"{base.replace('http', 'ws', 1)}/v1/listen?{urlencode(STT_QUERY)}"
-    async with session.ws_connect(url, headers={"Authorization": f"Token {KEY}"}, compress=0) as ws:
-        for _ in range(messages):
-            await ws.send_bytes(AUDIO)
-            await asyncio.sleep(0)
+async def sends(base: str, rounds: int, messages: int, concurrency: int) -> dict[str, list[float]]:
+    import httpx
 
-
-async def run(base: str, rounds: int, messages: int, concurrency: int) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {"sdk": [], "aiohttp": []}
-    env = DeepgramClientEnvironment(base=base, production=base.replace("http", "ws", 1), agent=base, agent_rest=base)
-    async with aiohttp.ClientSession() as session, httpx.AsyncClient() as http:
-        client = deepgram_client(api_key=KEY, environment=env, httpx_client=http)  # one client, as in the bot
+    out: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    async with httpx.AsyncClient() as http:
+        sdk = clients(base, base.replace("http", "ws", 1), http)
         for _ in range(rounds):
-            for name in out:
+            for name in VARIANTS:
+                use(name)
                 cpu0 = time.process_time()
-                if name == "sdk":
-                    await asyncio.gather(*(sdk_socket(client, messages) for _ in range(concurrency)))
-                else:
-                    await asyncio.gather(*(aiohttp_socket(session, base, messages) for _ in range(concurrency)))
+                await asyncio.gather(*(one_socket(sdk[name], messages) for _ in range(concurrency)))
                 out[name].append((time.process_time() - cpu0) / (messages * concurrency) * 1e6)
     return out
 
 
+async def opens(port: int, rounds: int, count: int) -> dict[str, list[float]]:
+    import httpx
+
+    out: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    async with httpx.AsyncClient() as http:
+        sdk = clients(f"https://127.0.0.1:{port}", f"wss://127.0.0.1:{port}", http)
+        for _ in range(rounds):
+            for name in VARIANTS:
+                use(name)
+                cpu0 = time.process_time()
+                for _ in range(count):
+                    await one_socket(sdk[name], 1)
+                out[name].append((time.process_time() - cpu0) / count * 1e3)
+    return out
+
+
+def parse_costs() -> tuple[float, float]:
+    import orjson
+    from deepgram.core.unchecked_base_model import construct_type
+    from deepgram.listen.v1.socket_client import V1SocketClientResponse
+
+    from voicebot.providers.deepgram_stt import _event
+
+    n = 2000
+    sdk = timeit.timeit(lambda: construct_type(type_=V1SocketClientResponse, object_=json.loads(RESULTS)), number=n)
+    ours = timeit.timeit(lambda: _event(orjson.loads(RESULTS)), number=n)
+    return sdk / n * 1e6, ours / n * 1e6
+
+
+def tls_server(port: int, cert: str, key: str) -> None:
+    """A ``wss://`` endpoint that accepts the socket and reads until it closes (run in its own process)."""
+    import uvloop
+    from aiohttp import web
+
+    async def listen(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(compress=False)
+        await ws.prepare(request)
+        async for _ in ws:
+            pass
+        return ws
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    app = web.Application()
+    app.router.add_get("/v1/listen", listen)
+    uvloop.install()
+    web.run_app(app, host="127.0.0.1", port=port, ssl_context=context, print=None)
+
+
+def child(kind: str, argv: list[str]) -> None:
+    import uvloop
+
+    if kind == "tls-server":
+        tls_server(int(argv[0]), argv[1], argv[2])
+        return
+    rounds, count, port = (int(a) for a in argv)
+    result = uvloop.run(opens(port, rounds, count))
+    sys.stdout.write(json.dumps(result))
+
+
+def started(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(10)
+
+
 def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3:])
+        return
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--messages", type=int, default=2000, help="per socket and round")
     p.add_argument("--concurrency", type=int, default=10)
+    p.add_argument("--opens", type=int, default=30, help="wss sockets opened per variant and round")
     p.add_argument("--port", type=int, default=18796)
     args = p.parse_args()
-    argv = [sys.executable, "-m", "voicebot.emulators", "--port", str(args.port), "--quiet",
-            "--deepgram-key", KEY, "--openai-key", KEY]  # fmt: skip
-    emulators = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import uvloop
+
+    emulators = started([sys.executable, "-m", "voicebot.emulators", "--port", str(args.port), "--quiet",
+                         "--deepgram-key", KEY, "--openai-key", KEY])  # fmt: skip
     try:
         time.sleep(3.0)
-        sends = uvloop.run(run(f"http://127.0.0.1:{args.port}", args.rounds, args.messages, args.concurrency))
+        sent = uvloop.run(sends(f"http://127.0.0.1:{args.port}", args.rounds, args.messages, args.concurrency))
     finally:
-        emulators.send_signal(signal.SIGTERM)
-        emulators.wait(10)
-    n = 2000
-    parse_us = timeit.timeit(lambda: construct_type(type_=V1SocketClientResponse, object_=json.loads(RESULTS)),
-                             number=n) / n * 1e6  # fmt: skip
-    print(f"client CPU per STT message, us (median of {args.rounds} rounds; {args.concurrency} sockets at once; "
+        stop(emulators)
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = f"{tmp}/cert.pem", f"{tmp}/key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)  # fmt: skip
+        # The system's trust store plus this certificate: the client loads what it loads in production.
+        bundle = f"{tmp}/bundle.pem"
+        Path(bundle).write_bytes(
+            Path(ssl.get_default_verify_paths().openssl_cafile).read_bytes() + Path(cert).read_bytes()
+        )
+        tls_port = args.port + 1
+        server = started([sys.executable, __file__, "--child", "tls-server", str(tls_port), cert, key])
+        try:
+            time.sleep(2.0)
+            out = subprocess.run([sys.executable, __file__, "--child", "opens", str(args.rounds), str(args.opens),
+                                  str(tls_port)], env={**os.environ, "SSL_CERT_FILE": bundle},
+                                 check=True, capture_output=True, timeout=300)  # fmt: skip
+            opened_ms: dict[str, list[float]] = json.loads(out.stdout)
+        finally:
+            stop(server)
+    parse_sdk, parse_ours = parse_costs()
+    print(f"client CPU per Deepgram socket operation (median of {args.rounds} interleaved rounds; "
           f"load average {os.getloadavg()[0]:.2f})")  # fmt: skip
-    sdk, aio = statistics.median(sends["sdk"]), statistics.median(sends["aiohttp"])
-    print(
-        f"send 480 bytes: deepgram-sdk (websockets legacy) {sdk:.1f} | aiohttp ws_connect {aio:.1f} "
-        f"| saved {sdk - aio:.1f} per message: {sdk - aio:.1f} ms per call-minute (1000 messages a minute)"
-    )
-    print(f"receive: the SDK's parse of one Results message (8 words) {parse_us:.1f} (any transport)")
+    ws, aio = (statistics.median(sent[name]) for name in VARIANTS)
+    print(f"send 480 bytes ({args.concurrency} sockets at once): websockets {ws:.1f} us | aiohttp {aio:.1f} us "
+          f"| {ws - aio:.1f} us saved per message, {ws - aio:.1f} ms per call-minute (1000 messages)")  # fmt: skip
+    print(f"receive one Results (8 words): the SDK's parse {parse_sdk:.1f} us | the bot's decode {parse_ours:.1f} us")
+    ws_open, aio_open = (statistics.median(opened_ms[name]) for name in VARIANTS)
+    print(f"open + close a wss:// socket: websockets {ws_open:.2f} ms | aiohttp {aio_open:.2f} ms "
+          f"| {ws_open - aio_open:.2f} ms saved per socket (every call opens one)")  # fmt: skip
 
 
 if __name__ == "__main__":

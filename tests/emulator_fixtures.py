@@ -17,6 +17,7 @@ from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
 from tests.voices import CARTESIA_KEY, ELEVENLABS_KEY
 from voicebot.audio import FRAME_BYTES, SAMPLE_RATE, pcm16_to_ulaw, silence
 from voicebot.emulators import EmulatorConfig, Emulators
+from voicebot.providers.deepgram_socket import AiohttpSocket
 
 DEEPGRAM_KEY = "dg-test-key"
 OPENAI_KEY = "sk-test"
@@ -59,7 +60,8 @@ class SdkClients:
         )
         http = httpx.AsyncClient(timeout=EVENT_TIMEOUT_S)
         self._http.append(http)
-        return AsyncDeepgramClient(api_key=api_key, environment=env, httpx_client=http)
+        # The transport every Deepgram socket of the process uses (voicebot/providers/deepgram_socket.py).
+        return AsyncDeepgramClient(api_key=api_key, environment=env, httpx_client=http, transport_factory=AiohttpSocket)
 
     def openai(self, api_key: str = OPENAI_KEY, max_retries: int = 0) -> openai.AsyncOpenAI:
         """The OpenAI SDK with ``base_url`` on the emulators."""

@@ -14,6 +14,7 @@ from deepgram.listen.v2.types import ListenV2Connected, ListenV2FatalError, List
 from tests.emulator_fixtures import EVENT_TIMEOUT_S, SdkClients, frames, tone
 from voicebot.audio import silence
 from voicebot.emulators import Emulators
+from voicebot.providers.deepgram_socket import opened
 
 FLUX_KW: dict[str, Any] = {"model": "flux-general-en", "encoding": "mulaw", "sample_rate": 8000}
 CHUNK_FRAMES = 4  # 80 ms messages, as Flux recommends
@@ -109,7 +110,7 @@ async def test_bad_options_are_refused_with_400(
     emu: Emulators, sdk: SdkClients, query: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(ApiError) as info:
-        async with sdk.deepgram().listen.v2.connect(**{**FLUX_KW, **query}):
-            pass
+        async with sdk.deepgram().listen.v2.connect(**{**FLUX_KW, **query}) as conn:
+            await opened(conn)  # the handshake (the SDK's custom-transport hook opens lazily)
     assert info.value.status_code == 400
     assert message in emu.select("stt", "rejected")[-1].data["error"]

@@ -28,6 +28,7 @@ from tests.emulator_fixtures import (
 )
 from voicebot.audio import silence
 from voicebot.emulators import IDLE_CLOSE_CODE, Emulators, running_emulators
+from voicebot.providers.deepgram_socket import opened
 
 LISTEN_KW: dict[str, Any] = {
     "model": "nova-3",
@@ -218,8 +219,8 @@ async def test_idle_socket_is_closed_1011_net0001(emu: Emulators, sdk: SdkClient
 
 async def test_wrong_key_is_refused_with_401(emu: Emulators, sdk: SdkClients) -> None:
     with pytest.raises(ApiError) as caught:
-        async with sdk.deepgram(api_key="wrong").listen.v1.connect(**LISTEN_KW):
-            pass
+        async with sdk.deepgram(api_key="wrong").listen.v1.connect(**LISTEN_KW) as conn:
+            await opened(conn)  # the handshake (the SDK's custom-transport hook opens lazily)
     assert caught.value.status_code == 401
     assert emu.select("stt", "rejected")[0].data["status"] == 401
 
@@ -232,8 +233,8 @@ async def test_non_telephone_audio_is_refused_with_400(
     emu: Emulators, sdk: SdkClients, override: dict[str, Any], problem: str
 ) -> None:
     with pytest.raises(ApiError) as caught:
-        async with sdk.deepgram().listen.v1.connect(**{**LISTEN_KW, **override}):
-            pass
+        async with sdk.deepgram().listen.v1.connect(**{**LISTEN_KW, **override}) as conn:
+            await opened(conn)  # the handshake (the SDK's custom-transport hook opens lazily)
     assert caught.value.status_code == 400
     assert problem in emu.select("stt", "rejected")[0].data["error"]
 
@@ -242,8 +243,8 @@ async def test_injected_upgrade_error_then_recovery(emu: Emulators, sdk: SdkClie
     emu.stt.faults.fail_next = 1
     emu.stt.faults.fail_status = 429
     with pytest.raises(ApiError) as caught:
-        async with sdk.deepgram().listen.v1.connect(**LISTEN_KW):
-            pass
+        async with sdk.deepgram().listen.v1.connect(**LISTEN_KW) as conn:
+            await opened(conn)  # the handshake (the SDK's custom-transport hook opens lazily)
     assert caught.value.status_code == 429
     messages = await transcribe(sdk, silence(200))
     assert [type(m) for m in messages] == [ListenV1Metadata]

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.world import World, audio_of, segments_of
-from voicebot.call.services import LLM_REQUESTS_PER_CALL, TTS_REQUESTS_PER_CALL, pool_limits
+from voicebot.call.services import LLM_REQUESTS_PER_CALL, SOCKETS_PER_CALL, TTS_REQUESTS_PER_CALL, pool_limits
 from voicebot.caller import HangUp, Say, WaitForBotAudio, WaitForBotSilence
 from voicebot.providers.pools import PoolUse, aiohttp_httpx2_transport, aiohttp_httpx_transport
 
@@ -85,10 +85,11 @@ async def test_a_request_that_finds_the_pool_full_is_counted_as_waiting(
 
 
 def test_pools_are_sized_from_the_call_limit() -> None:
-    tts, llm, rest = pool_limits(100)
+    tts, llm, rest, sockets = pool_limits(100)
     assert tts.limit >= 100 * TTS_REQUESTS_PER_CALL
     assert llm.limit >= 100 * LLM_REQUESTS_PER_CALL
     assert rest.limit >= 100
+    assert sockets.limit >= 100 * SOCKETS_PER_CALL
 
 
 async def test_metrics_export_each_pool(start_world: Any) -> None:

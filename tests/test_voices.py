@@ -23,6 +23,7 @@ from voicebot.emulators.deepgram_speak import FLUSH_LIMIT
 from voicebot.errors import ProviderError
 from voicebot.providers import deepgram_tts_ws
 from voicebot.providers.cartesia_tts import CartesiaTts
+from voicebot.providers.deepgram_socket import opened
 from voicebot.providers.deepgram_tts import DeepgramTts
 from voicebot.providers.deepgram_tts_ws import DeepgramSpeakCall, DeepgramSpeakVoice
 from voicebot.providers.elevenlabs_tts import ElevenLabsTts
@@ -112,8 +113,8 @@ async def test_sdk_flush_over_the_limit_gets_a_warning(emu: Emulators, sdk: SdkC
 
 async def test_sdk_speak_socket_with_a_wrong_key_is_refused_401(emu: Emulators, sdk: SdkClients) -> None:
     with pytest.raises(ApiError) as info:
-        async with speak_socket(sdk, api_key="wrong"):
-            pass
+        async with speak_socket(sdk, api_key="wrong") as conn:
+            await opened(conn)  # the handshake (the SDK's custom-transport hook opens lazily)
     assert info.value.status_code == 401
 
 

@@ -15,6 +15,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import httpx
 import openai
 from aiohttp import web
@@ -28,6 +29,7 @@ from voicebot.metrics import Metrics
 from voicebot.providers.base import LanguageModel, SpeechToText, Telephony, Voice
 from voicebot.providers.deepgram_client import deepgram_client
 from voicebot.providers.deepgram_flux import DeepgramFlux, warm_stt_paths
+from voicebot.providers.deepgram_socket import release_session, socket_connector, use_session
 from voicebot.providers.deepgram_stt import DeepgramStt
 from voicebot.providers.openai_llm import OpenAiChat
 from voicebot.providers.pools import PoolUse, aiohttp_httpx2_transport, aiohttp_httpx_transport, aiohttp_session
@@ -54,6 +56,8 @@ LLM_REQUESTS_PER_CALL = 2
 """The turn's stream, plus the one a barge-in just cut (closed without waiting, see ``bot_turn``)."""
 REST_REQUESTS_PER_CALL = 1
 """Hang up or transfer: one Twilio REST request at a time per call."""
+SOCKETS_PER_CALL = 3
+"""Deepgram WebSockets: the recogniser, one replacing it after a drop while the old one closes, and Aura's socket."""
 POOL_SPARE = 8
 """Beyond the calls: the fixed-phrase warm-up at startup, a phrase synthesised again after a failed warm-up."""
 DEFAULT_SYSTEM_PROMPT = "You are a friendly, concise phone assistant. Answer in one to three short sentences."
@@ -84,12 +88,14 @@ def load_prompt(path: Path) -> str:
 SERVICES = web.AppKey("services", Services)
 
 
-def pool_limits(max_calls: int) -> tuple[PoolUse, PoolUse, PoolUse]:
-    """The TTS, LLM and Twilio REST pools, each large enough for ``max_calls`` calls at their busiest."""
+def pool_limits(max_calls: int) -> tuple[PoolUse, PoolUse, PoolUse, PoolUse]:
+    """The TTS, LLM, Twilio REST and Deepgram socket pools, each large enough for ``max_calls`` calls at their
+    busiest."""
     return (
         PoolUse("deepgram_tts", max_calls * TTS_REQUESTS_PER_CALL + POOL_SPARE),
         PoolUse("openai", max_calls * LLM_REQUESTS_PER_CALL + POOL_SPARE),
         PoolUse("twilio_rest", max_calls * REST_REQUESTS_PER_CALL + POOL_SPARE),
+        PoolUse("deepgram_ws", max_calls * SOCKETS_PER_CALL + POOL_SPARE),
     )
 
 
@@ -103,8 +109,10 @@ def services_context(settings: Settings, metrics: Metrics) -> Callable[[web.Appl
             return
         assert settings.deepgram_api_key is not None
         assert settings.openai_api_key is not None
-        tts_pool, llm_pool, rest_pool = pool_limits(settings.max_calls)
-        metrics.watch_pools((tts_pool, llm_pool, rest_pool))
+        tts_pool, llm_pool, rest_pool, ws_pool = pool_limits(settings.max_calls)
+        metrics.watch_pools((tts_pool, llm_pool, rest_pool, ws_pool))
+        ws_http = aiohttp.ClientSession(connector=socket_connector(ws_pool.limit))
+        use_session(ws_http, ws_pool)  # every Deepgram socket of this process (STT, Flux, Aura's socket)
         dg_http = httpx.AsyncClient(
             timeout=httpx.Timeout(TTS_READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
             transport=aiohttp_httpx_transport(tts_pool, KEEPALIVE_S),
@@ -175,7 +183,7 @@ def services_context(settings: Settings, metrics: Metrics) -> Callable[[web.Appl
             phrases=phrases,
             system_prompt=load_prompt(settings.prompt_file),
             tools=tools,
-            pools=(tts_pool, llm_pool, rest_pool),
+            pools=(tts_pool, llm_pool, rest_pool, ws_pool),
         )
         # Before the server listens (so before /healthz answers): the first turn of the process must not pay the
         # LLM connection and the SDKs' lazy model building.
@@ -195,6 +203,8 @@ def services_context(settings: Settings, metrics: Metrics) -> Callable[[web.Appl
             await dg_http.aclose()
             await http.close()
             await stack.aclose()
+            release_session(ws_http)
+            await ws_http.close()
 
     return context
 

@@ -21,6 +21,7 @@ from voicebot.audio import SAMPLE_RATE, silence
 from voicebot.errors import ProviderError
 from voicebot.logs import get_logger
 from voicebot.providers.base import SttEvent, TurnEvent, TurnEventKind
+from voicebot.providers.deepgram_socket import opened
 from voicebot.providers.deepgram_stt import PROVIDER, SDK_ERRORS, translate_socket_error
 
 log = get_logger("voicebot.stt")
@@ -147,6 +148,7 @@ class DeepgramFlux:
     async def connect(self) -> AsyncIterator[FluxSttStream]:
         try:
             async with self._client.listen.v2.connect(**self._options) as conn:
+                await opened(conn)
                 yield FluxSttStream(conn)
         except SDK_ERRORS as exc:
             raise translate_socket_error(PROVIDER, exc) from exc

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 import websockets.exceptions
 from deepgram import AsyncDeepgramClient
 from deepgram.core.api_error import ApiError
@@ -15,6 +16,7 @@ from voicebot.audio import SAMPLE_RATE
 from voicebot.errors import ProviderError
 from voicebot.logs import get_logger
 from voicebot.providers.base import SpeechStarted, SttEvent, Transcript, UtteranceEnd
+from voicebot.providers.deepgram_socket import opened, raw_socket
 
 log = get_logger("voicebot.stt")
 PROVIDER = "deepgram_stt"
@@ -69,28 +71,78 @@ class DeepgramSttStream:
             raise _translate(exc) from exc
 
     async def events(self) -> AsyncIterator[SttEvent]:
+        socket = raw_socket(self._conn)
         try:
-            async for msg in self._conn:
-                if isinstance(msg, ListenV1Results):
-                    alternatives = msg.channel.alternatives
-                    text = alternatives[0].transcript if alternatives else ""
-                    yield Transcript(
-                        text=text,
-                        is_final=bool(msg.is_final),
-                        speech_final=bool(msg.speech_final),
-                        from_finalize=bool(getattr(msg, "from_finalize", False)),
-                        audio_end_s=float(msg.start) + float(msg.duration),
-                    )
-                elif isinstance(msg, ListenV1SpeechStarted):
-                    yield SpeechStarted(audio_s=float(msg.timestamp))
-                elif isinstance(msg, ListenV1UtteranceEnd):
-                    yield UtteranceEnd(last_word_end_s=float(msg.last_word_end))
-                elif isinstance(msg, ListenV1Error):
-                    log.warning("stt_error_message", description=str(getattr(msg, "description", ""))[:200])
+            if socket is not None:
+                # Our socket's JSON, decoded here: the SDK's per-message model building (``construct_type`` over
+                # the union of the socket's message types) costs 90-190 us per result on this machine, this a few
+                # (BENCHMARKS.md, "Round 5").
+                async for data in socket:
+                    event = _decoded(data)
+                    if event is not None:
+                        yield event
+            else:
+                async for msg in self._conn:
+                    event = _from_sdk(msg)
+                    if event is not None:
+                        yield event
         except SDK_ERRORS as exc:
             raise _translate(exc) from exc
         # A normal close (1000) ends the iterator: the stream is over, which the session treats as a drop.
         raise ProviderError(PROVIDER, "stream ended", transient=True)
+
+
+def _from_sdk(msg: Any) -> SttEvent | None:
+    """One message as the SDK parsed it (the SDK's own socket, or a transport that is not ours)."""
+    if isinstance(msg, ListenV1Results):
+        alternatives = msg.channel.alternatives
+        return Transcript(
+            text=alternatives[0].transcript if alternatives else "",
+            is_final=bool(msg.is_final),
+            speech_final=bool(msg.speech_final),
+            from_finalize=bool(getattr(msg, "from_finalize", False)),
+            audio_end_s=float(msg.start) + float(msg.duration),
+        )
+    if isinstance(msg, ListenV1SpeechStarted):
+        return SpeechStarted(audio_s=float(msg.timestamp))
+    if isinstance(msg, ListenV1UtteranceEnd):
+        return UtteranceEnd(last_word_end_s=float(msg.last_word_end))
+    if isinstance(msg, ListenV1Error):
+        log.warning("stt_error_message", description=str(getattr(msg, "description", ""))[:200])
+    return None
+
+
+def _decoded(data: str | bytes) -> SttEvent | None:
+    """One message from the socket, decoded as PROVIDERS.md §1.2 describes it; the same event as :func:`_from_sdk`
+    gives for the SDK's parse of it (``tests/test_deepgram_socket.py``). A message that is not JSON of that shape is
+    skipped and logged, as the SDK skips what it cannot parse."""
+    if isinstance(data, bytes):
+        return None
+    try:
+        return _event(orjson.loads(data))
+    except (orjson.JSONDecodeError, LookupError, TypeError, ValueError, AttributeError):
+        log.warning("stt_bad_message", message=data[:200])
+        return None
+
+
+def _event(msg: dict[str, Any]) -> SttEvent | None:
+    kind = msg["type"]
+    if kind == "Results":
+        alternatives = msg["channel"]["alternatives"]
+        return Transcript(
+            text=str(alternatives[0]["transcript"]) if alternatives else "",
+            is_final=bool(msg.get("is_final")),
+            speech_final=bool(msg.get("speech_final")),
+            from_finalize=bool(msg.get("from_finalize")),
+            audio_end_s=float(msg["start"]) + float(msg["duration"]),
+        )
+    if kind == "SpeechStarted":
+        return SpeechStarted(audio_s=float(msg["timestamp"]))
+    if kind == "UtteranceEnd":
+        return UtteranceEnd(last_word_end_s=float(msg["last_word_end"]))
+    if kind == "Error":
+        log.warning("stt_error_message", description=str(msg.get("description", ""))[:200])
+    return None  # Metadata, and anything newer
 
 
 class DeepgramStt:
@@ -117,6 +169,7 @@ class DeepgramStt:
     async def connect(self) -> AsyncIterator[DeepgramSttStream]:
         try:
             async with self._client.listen.v1.connect(**self._options) as conn:
+                await opened(conn)
                 yield DeepgramSttStream(conn)
         except SDK_ERRORS as exc:
             raise _translate(exc) from exc

@@ -34,6 +34,7 @@ from voicebot.audio import SAMPLE_RATE
 from voicebot.errors import ProviderError
 from voicebot.logs import get_logger
 from voicebot.providers.base import TextToSpeech
+from voicebot.providers.deepgram_socket import opened
 from voicebot.providers.deepgram_stt import translate_socket_error
 from voicebot.providers.deepgram_tts import DeepgramTts
 from voicebot.providers.tts_common import SocketConnection, SocketSegment
@@ -262,6 +263,7 @@ _SDK_ERRORS = (ApiError, websockets.exceptions.WebSocketException, OSError)
 async def _translated(cm: AbstractAsyncContextManager[Any]) -> AsyncIterator[Any]:
     try:
         async with cm as conn:
+            await opened(conn)
             yield conn
     except _SDK_ERRORS as exc:
         raise translate_socket_error(PROVIDER, exc) from exc
