@@ -113,7 +113,7 @@ class Bench:
         await self.procs.start("emulators", argv, LOAD_CORE)
         await wait_http(f"{self.emu_url}/bench/events", lambda s, _: s == 200, STARTUP_TIMEOUT_S)
 
-    async def start_server(self, kind: str) -> asyncio.subprocess.Process:
+    async def start_server(self, kind: str, *, turns: bool = False) -> asyncio.subprocess.Process:
         port = self.ports[kind]
         public = f"https://127.0.0.1:{port}"
         if kind in ("voicebot", "base"):
@@ -143,6 +143,8 @@ class Bench:
             argv = [PY, str(ROOT / "scripts" / "bench_relay.py"), "--port", str(port), "--emulator-url",
                     self.emu_url, "--public-url", public,
                     "--batch-frames", str(self.args.relay_batch_frames)]  # fmt: skip
+            if turns:
+                argv.append("--turns")
             proc = await self.procs.start("relay", argv, SERVER_CORE)
         else:
             argv = [str(PIPECAT_PY), str(ROOT / "scripts" / "pipecat_bot.py"), "--port", str(port),
@@ -287,10 +289,7 @@ class Bench:
             vb_m_s = m * self.args.spacing_s + t.settle_s + t.window_s + 3
             await self.run_phase("vb_m", "voicebot", calls=m, script="talk", duration_s=vb_m_s, measure=t)
         await self.procs.stop("voicebot")
-        await self.start_server("relay")
-        relay_s = n * self.args.spacing_s + t.settle_s + t.window_s + 3
-        await self.run_phase("relay_n", "relay", calls=n, script="talk", duration_s=relay_s, measure=t)
-        await self.procs.stop("relay")
+        await self.relays(n, "talk")
         if self.args.skip_pipecat:
             return
         if not PIPECAT_PY.exists():
@@ -333,11 +332,19 @@ class Bench:
         await self.procs.stop("base")
         if self.args.skip_relay:
             return
-        await self.start_server("relay")
-        n = self.args.calls
-        await self.run_phase("relay_n", "relay", calls=n, script=script,
-                             duration_s=n * self.args.spacing_s + t.settle_s + t.window_s + 3, measure=t)  # fmt: skip
-        await self.procs.stop("relay")
+        await self.relays(self.args.calls, script)
+
+    async def relays(self, n: int, script: str) -> None:
+        """The floor relay at ``n`` calls: listening only (``relay_n``), then, for a script in which the callers
+        talk, also answering them (``relay_turns_n``, the floor for the same conversation as the bot's)."""
+        t = self.timing
+        duration_s = n * self.args.spacing_s + t.settle_s + t.window_s + 3
+        for phase, turns in (("relay_n", False), ("relay_turns_n", True)):
+            if turns and (script == "listen" or self.args.relay_no_turns):
+                continue
+            await self.start_server("relay", turns=turns)
+            await self.run_phase(phase, "relay", calls=n, script=script, duration_s=duration_s, measure=t)
+            await self.procs.stop("relay")
 
 
 # --- main ---------------------------------------------------------------------------------------------------
@@ -405,6 +412,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--skip-relay", action="store_true", help="with --sweep: no floor relay phase")
     p.add_argument("--relay-batch-frames", type=int, default=3, help="20 ms frames per STT message in the floor relay")
+    p.add_argument("--relay-no-turns", action="store_true", help="no answering relay phase (relay_turns_n)")
     p.add_argument("--server-workers", type=int, default=1, help="voicebot --workers N, on both cores")
     p.add_argument("--calls-per-process", type=int, default=25, help="simulated callers per load process")
     p.add_argument("--base-port", type=int, default=18711)

@@ -181,10 +181,22 @@ def report(bench: Bench, started: float) -> tuple[str, dict[str, Any]]:
         ratio = vb_cpm / relay_cpm if vb_cpm and relay_cpm else None
         rw = relay.window
         lines += [
-            f"| floor relay: CPU per call-minute ({rw.live_calls} calls, {rw.t1 - rw.t0:.0f} s) | "
+            f"| floor relay, listening only: CPU per call-minute ({rw.live_calls} calls, {rw.t1 - rw.t0:.0f} s) | "
             f"{fmt(relay_cpm, 3)} CPU-s | | |",
             f"| floor relay: RSS per added call | {(rw.rss_mib - rw.rss_idle_mib) / max(rw.live_calls, 1):.2f} MiB |||",
-            f"| voicebot CPU per call ÷ floor relay | {fmt(ratio, 2)}× | | |",
+            f"| voicebot CPU per call ÷ floor relay (listening only) | {fmt(ratio, 2)}× | | |",
+        ]
+    answering = ph.get("relay_turns_n")
+    if answering is not None and answering.window is not None:
+        answering_cpm = cpu_per_call_minute(answering)
+        ratio = vb_cpm / answering_cpm if vb_cpm and answering_cpm else None
+        aw = answering.window
+        lines += [
+            f"| floor relay, answering (LLM, TTS, media out): CPU per call-minute ({aw.live_calls} calls, "
+            f"{aw.t1 - aw.t0:.0f} s) | {fmt(answering_cpm, 3)} CPU-s | | |",
+            f"| answering relay: bot turns per call-minute in the window | {fmt(turns_per_call_minute(answering))} |||",
+            f"| voicebot CPU per call ÷ answering floor relay (the same conversation) | {fmt(ratio, 2)}× | ≤ 1.3× | "
+            f"{verdict(ratio, 1.3)} |",
         ]
     if pc is not None and pc.window is not None:
         pw = pc.window
