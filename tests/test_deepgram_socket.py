@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,6 +31,7 @@ from websockets.exceptions import ConnectionClosedOK
 from tests.emulator_fixtures import EVENT_TIMEOUT_S, SdkClients, frames, utterance
 from tests.proxy import self_signed_certificate
 from voicebot.emulators import Emulators
+from voicebot.errors import ProviderError
 from voicebot.providers.base import SpeechStarted, Transcript, UtteranceEnd
 from voicebot.providers.deepgram_socket import (
     AiohttpSocket,
@@ -39,7 +41,7 @@ from voicebot.providers.deepgram_socket import (
     socket_connector,
     use_session,
 )
-from voicebot.providers.deepgram_stt import _decoded, _from_sdk
+from voicebot.providers.deepgram_stt import DeepgramStt, _decoded, _from_sdk
 from voicebot.providers.pools import PoolUse
 
 LISTEN_KW: dict[str, Any] = {
@@ -200,6 +202,21 @@ async def test_a_socket_without_a_bound_session_opens_and_closes_its_own(emu: Em
         own = socket._own_session
         assert not own.closed
     assert own.closed
+
+
+async def test_an_unreachable_recogniser_is_a_transient_provider_error() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"ws://127.0.0.1:{port}"
+    env = DeepgramClientEnvironment(base=url, production=url, agent=url, agent_rest=url)
+    client = AsyncDeepgramClient(api_key="k", environment=env, transport_factory=AiohttpSocket)
+    stt = DeepgramStt(client, model="nova-3", language="en-US", endpointing_ms=300, utterance_end_ms=1000)
+    with pytest.raises(ProviderError) as caught:
+        async with stt.connect():
+            pass
+    assert caught.value.transient
+    assert "ConnectionError" in str(caught.value)
 
 
 async def test_the_socket_pool_connector_keeps_no_connection_alive() -> None:

@@ -139,7 +139,7 @@ class AiohttpSocket:
             # The SDK's own path keeps only the status; Deepgram's reason (its dg-error header) is kept here.
             reason = (exc.headers.get("dg-error") if exc.headers else None) or exc.message
             raise ApiError(status_code=exc.status, headers={}, body=reason) from None
-        except aiohttp.ClientConnectionError as exc:
+        except aiohttp.ClientError as exc:  # refused, reset, DNS, TLS, a bad URL: an OSError, as our providers expect
             await self._release()
             raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
         except BaseException:
