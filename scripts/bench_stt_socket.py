@@ -7,9 +7,9 @@ same SDK client calls the bot makes (the hook is process-wide: the rounds switch
 
 - **send**: one 60 ms audio message (480 bytes, what the bot sends) through ``send_media``, ``--concurrency``
   sockets at once, client CPU per message (median of the rounds);
-- **receive**: one ``Results`` message (8 words): the SDK's parse (``json.loads`` + ``construct_type`` over its
-  response union) against the bot's own decode of the JSON into its ``Transcript``
-  (``voicebot.providers.deepgram_stt._event``);
+- **receive**: one Nova ``Results`` and one Flux ``TurnInfo`` message (8 words each): the SDK's parse
+  (``json.loads`` + ``construct_type`` over its response union) against the bot's own decode of the JSON into its
+  event (``_decoded`` in ``voicebot.providers.deepgram_stt`` and ``deepgram_flux``);
 - **open** (``wss://``, a self-signed certificate added to the system's trust store through ``SSL_CERT_FILE``):
   client CPU per socket opened and closed, handshakes included. The SDK's path builds a new default SSL context
   (the whole trust store read again) for every connection.
@@ -47,6 +47,11 @@ RESULTS = json.dumps({
     "channel": {"alternatives": [{"transcript": " ".join(WORDS), "confidence": 0.98, "words": [
         {"word": w, "start": 1.0, "end": 1.2, "confidence": 0.9, "punctuated_word": w} for w in WORDS]}]},
     "metadata": {"request_id": "x", "model_info": {"name": "n", "version": "v", "arch": "a"}, "model_uuid": "u"},
+})  # fmt: skip
+TURN_INFO = json.dumps({
+    "type": "TurnInfo", "request_id": "x", "sequence_id": 7, "event": "Update", "turn_index": 0,
+    "audio_window_start": 0.0, "audio_window_end": 2.4, "transcript": " ".join(WORDS),
+    "words": [{"word": w, "confidence": 0.9} for w in WORDS], "end_of_turn_confidence": 0.02,
 })  # fmt: skip
 VARIANTS = ("websockets", "aiohttp")
 
@@ -115,17 +120,25 @@ async def opens(port: int, rounds: int, count: int) -> dict[str, list[float]]:
     return out
 
 
-def parse_costs() -> tuple[float, float]:
-    import orjson
+def parse_costs() -> dict[str, tuple[float, float]]:
+    """Per message, us: the SDK's parse and the bot's decode, for a Nova ``Results`` and a Flux ``TurnInfo``."""
     from deepgram.core.unchecked_base_model import construct_type
     from deepgram.listen.v1.socket_client import V1SocketClientResponse
+    from deepgram.listen.v2.socket_client import V2SocketClientResponse
 
-    from voicebot.providers.deepgram_stt import _event
+    from voicebot.providers import deepgram_flux, deepgram_stt
 
     n = 2000
-    sdk = timeit.timeit(lambda: construct_type(type_=V1SocketClientResponse, object_=json.loads(RESULTS)), number=n)
-    ours = timeit.timeit(lambda: _event(orjson.loads(RESULTS)), number=n)
-    return sdk / n * 1e6, ours / n * 1e6
+    out = {}
+    cases = [
+        ("Results", RESULTS, V1SocketClientResponse, deepgram_stt._decoded),
+        ("TurnInfo", TURN_INFO, V2SocketClientResponse, deepgram_flux._decoded),
+    ]
+    for name, text, union, decode in cases:
+        sdk = timeit.timeit(lambda: construct_type(type_=union, object_=json.loads(text)), number=n)  # noqa: B023
+        ours = timeit.timeit(lambda: decode(text), number=n)  # noqa: B023
+        out[name] = (sdk / n * 1e6, ours / n * 1e6)
+    return out
 
 
 def tls_server(port: int, cert: str, key: str) -> None:
@@ -208,13 +221,14 @@ def main() -> None:
             opened_ms: dict[str, list[float]] = json.loads(out.stdout)
         finally:
             stop(server)
-    parse_sdk, parse_ours = parse_costs()
+    parses = parse_costs()
     print(f"client CPU per Deepgram socket operation (median of {args.rounds} interleaved rounds; "
           f"load average {os.getloadavg()[0]:.2f})")  # fmt: skip
     ws, aio = (statistics.median(sent[name]) for name in VARIANTS)
     print(f"send 480 bytes ({args.concurrency} sockets at once): websockets {ws:.1f} us | aiohttp {aio:.1f} us "
           f"| {ws - aio:.1f} us saved per message, {ws - aio:.1f} ms per call-minute (1000 messages)")  # fmt: skip
-    print(f"receive one Results (8 words): the SDK's parse {parse_sdk:.1f} us | the bot's decode {parse_ours:.1f} us")
+    for name, (parse_sdk, parse_ours) in parses.items():
+        print(f"receive one {name} (8 words): the SDK's parse {parse_sdk:.1f} us | ours {parse_ours:.1f} us")
     ws_open, aio_open = (statistics.median(opened_ms[name]) for name in VARIANTS)
     print(f"open + close a wss:// socket: websockets {ws_open:.2f} ms | aiohttp {aio_open:.2f} ms "
           f"| {ws_open - aio_open:.2f} ms saved per socket (every call opens one)")  # fmt: skip

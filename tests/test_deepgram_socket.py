@@ -26,13 +26,16 @@ from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
 from deepgram.core.api_error import ApiError
 from deepgram.core.unchecked_base_model import construct_type
 from deepgram.listen.v1.socket_client import V1SocketClientResponse
+from deepgram.listen.v2.socket_client import V2SocketClientResponse
 from websockets.exceptions import ConnectionClosedOK
 
-from tests.emulator_fixtures import EVENT_TIMEOUT_S, SdkClients, frames, utterance
+from tests.emulator_fixtures import EVENT_TIMEOUT_S, SdkClients, frames, tone, utterance
 from tests.proxy import self_signed_certificate
+from voicebot.audio import silence
 from voicebot.emulators import Emulators
 from voicebot.errors import ProviderError
-from voicebot.providers.base import SpeechStarted, Transcript, UtteranceEnd
+from voicebot.providers import deepgram_flux as flux
+from voicebot.providers.base import SpeechStarted, Transcript, TurnEvent, UtteranceEnd
 from voicebot.providers.deepgram_socket import (
     AiohttpSocket,
     opened,
@@ -116,6 +119,31 @@ async def test_decoded_messages_are_the_events_the_sdks_parse_gives(sdk: SdkClie
     assert ours[-1] is None  # Metadata, before the close
 
 
+async def test_decoded_flux_messages_are_the_events_the_sdks_parse_gives(emu: Emulators, sdk: SdkClients) -> None:
+    """Every message of a real Flux turn with a pause (Connected, StartOfTurn, Updates, EagerEndOfTurn,
+    TurnResumed, EndOfTurn): our decode and the SDK's parse give the same event."""
+    emu.stt.script.append("Book a table | for two.")
+    audio = silence(100) + tone(600) + silence(400) + tone(500) + silence(800)
+    async with sdk.deepgram().listen.v2.connect(
+        model="flux-general-en", encoding="mulaw", sample_rate=8000, eager_eot_threshold=0.3
+    ) as conn:
+        await opened(conn)
+        socket = raw_socket(conn)
+        assert socket is not None
+        chunks = frames(audio)
+        for i in range(0, len(chunks), 4):
+            await conn.send_media(b"".join(chunks[i : i + 4]))
+        await conn.send_close_stream()
+        async with asyncio.timeout(EVENT_TIMEOUT_S):
+            raw = [m async for m in socket]
+    ours = [flux._decoded(m) for m in raw]
+    theirs = [flux._from_sdk(construct_type(type_=V2SocketClientResponse, object_=json.loads(m))) for m in raw]
+    assert ours == theirs
+    kinds = [e.event for e in ours if isinstance(e, TurnEvent)]
+    assert {"start", "update", "eager_end", "resumed", "end"} <= set(kinds), kinds
+    assert ours[0] is None  # Connected
+
+
 @pytest.mark.parametrize(
     "message",
     ["not json", "[1, 2]", '{"type": "Results"}', '{"type": "Results", "channel": {"alternatives": [{}]}}',
@@ -125,6 +153,21 @@ def test_a_message_of_another_shape_is_skipped_and_logged(message: str) -> None:
     with structlog.testing.capture_logs() as logs:
         assert _decoded(message) is None
     assert [entry["event"] for entry in logs] == ["stt_bad_message"]
+
+
+@pytest.mark.parametrize(
+    "message", ["not json", "[1]", '{"type": "TurnInfo", "event": "EndOfTurn"}', '{"type": "TurnInfo"}']
+)
+def test_a_flux_message_of_another_shape_is_skipped_and_logged(message: str) -> None:
+    with structlog.testing.capture_logs() as logs:
+        assert flux._decoded(message) is None
+    assert [entry["event"] for entry in logs] == ["stt_bad_message"]
+
+
+def test_a_flux_error_is_logged_not_an_event() -> None:
+    with structlog.testing.capture_logs() as logs:
+        assert flux._decoded('{"type": "Error", "code": "X", "description": "gone"}') is None
+    assert (logs[0]["event"], logs[0]["code"], logs[0]["description"]) == ("stt_error_message", "X", "gone")
 
 
 def test_an_error_message_is_logged_not_an_event() -> None:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from deepgram import AsyncDeepgramClient
 from deepgram.core.unchecked_base_model import construct_type
 from deepgram.listen.v1.socket_client import V1SocketClientResponse
@@ -21,7 +22,7 @@ from voicebot.audio import SAMPLE_RATE, silence
 from voicebot.errors import ProviderError
 from voicebot.logs import get_logger
 from voicebot.providers.base import SttEvent, TurnEvent, TurnEventKind
-from voicebot.providers.deepgram_socket import opened
+from voicebot.providers.deepgram_socket import opened, raw_socket
 from voicebot.providers.deepgram_stt import PROVIDER, SDK_ERRORS, translate_socket_error
 
 log = get_logger("voicebot.stt")
@@ -40,7 +41,9 @@ _EVENTS: dict[str, TurnEventKind] = {
 
 def warm_stt_paths() -> None:
     """Build the SDK's message parsing once at startup, not while parsing a caller's first result: the first
-    ``construct_type`` over a socket's response union costs 10-20 ms (measured), later ones a fraction of a ms."""
+    ``construct_type`` over a socket's response union costs 10-20 ms (measured), later ones a fraction of a ms.
+    (On our socket transport the recognisers' messages are decoded without it; this keeps the SDK's path warm for
+    any other.)"""
     results = {
         "type": "Results",
         "channel_index": [0, 1],
@@ -106,17 +109,52 @@ class FluxSttStream:
         """Flux decides the end of the turn itself; a local-VAD Finalize has no Flux equivalent worth sending."""
 
     async def events(self) -> AsyncIterator[SttEvent]:
+        socket = raw_socket(self._conn)
         try:
-            async for msg in self._conn:
-                if isinstance(msg, ListenV2TurnInfo):
-                    kind = _EVENTS.get(str(msg.event))
-                    if kind is not None:
-                        yield TurnEvent(kind, msg.transcript, int(msg.turn_index))
-                elif isinstance(msg, ListenV2FatalError):
-                    log.warning("stt_error_message", code=str(msg.code)[:80], description=str(msg.description)[:200])
+            if socket is not None:  # decoded here, not into the SDK's models (as deepgram_stt does for Nova)
+                async for data in socket:
+                    event = _decoded(data)
+                    if event is not None:
+                        yield event
+            else:
+                async for msg in self._conn:
+                    event = _from_sdk(msg)
+                    if event is not None:
+                        yield event
         except SDK_ERRORS as exc:
             raise translate_socket_error(PROVIDER, exc) from exc
         raise ProviderError(PROVIDER, "stream ended", transient=True)
+
+
+def _from_sdk(msg: Any) -> TurnEvent | None:
+    """One Flux message as the SDK parsed it (a transport that is not ours)."""
+    if isinstance(msg, ListenV2TurnInfo):
+        kind = _EVENTS.get(str(msg.event))
+        return None if kind is None else TurnEvent(kind, msg.transcript, int(msg.turn_index))
+    if isinstance(msg, ListenV2FatalError):
+        log.warning("stt_error_message", code=str(msg.code)[:80], description=str(msg.description)[:200])
+    return None
+
+
+def _decoded(data: str | bytes) -> TurnEvent | None:
+    """One Flux message from the socket (PROVIDERS-2.md §2); the same event as :func:`_from_sdk` gives for the
+    SDK's parse of it (``tests/test_deepgram_socket.py``). A message of another shape is skipped and logged."""
+    if isinstance(data, bytes):
+        return None
+    try:
+        msg = orjson.loads(data)
+        kind = msg["type"]
+        if kind == "TurnInfo":
+            event = _EVENTS.get(str(msg["event"]))
+            return None if event is None else TurnEvent(event, str(msg["transcript"]), int(msg["turn_index"]))
+        if kind == "Error":
+            log.warning(
+                "stt_error_message", code=str(msg.get("code"))[:80], description=str(msg.get("description"))[:200]
+            )
+        return None  # Connected, ConfigureSuccess/Failure, Warning, and anything newer
+    except (orjson.JSONDecodeError, LookupError, TypeError, ValueError):
+        log.warning("stt_bad_message", message=data[:200])
+        return None
 
 
 class DeepgramFlux:
