@@ -19,11 +19,10 @@ from deepgram.listen.v2.socket_client import V2SocketClientResponse
 from deepgram.listen.v2.types import ListenV2FatalError, ListenV2TurnInfo
 
 from voicebot.audio import SAMPLE_RATE, silence
-from voicebot.errors import ProviderError
 from voicebot.logs import get_logger
 from voicebot.providers.base import SttEvent, TurnEvent, TurnEventKind
-from voicebot.providers.deepgram_socket import opened, raw_socket
-from voicebot.providers.deepgram_stt import PROVIDER, SDK_ERRORS, translate_socket_error
+from voicebot.providers.deepgram_socket import opened
+from voicebot.providers.deepgram_stt import PROVIDER, SDK_ERRORS, socket_events, translate_socket_error
 
 log = get_logger("voicebot.stt")
 
@@ -108,22 +107,8 @@ class FluxSttStream:
     async def finalize(self) -> None:
         """Flux decides the end of the turn itself; a local-VAD Finalize has no Flux equivalent worth sending."""
 
-    async def events(self) -> AsyncIterator[SttEvent]:
-        socket = raw_socket(self._conn)
-        try:
-            if socket is not None:  # decoded here, not into the SDK's models (as deepgram_stt does for Nova)
-                async for data in socket:
-                    event = _decoded(data)
-                    if event is not None:
-                        yield event
-            else:
-                async for msg in self._conn:
-                    event = _from_sdk(msg)
-                    if event is not None:
-                        yield event
-        except SDK_ERRORS as exc:
-            raise translate_socket_error(PROVIDER, exc) from exc
-        raise ProviderError(PROVIDER, "stream ended", transient=True)
+    def events(self) -> AsyncIterator[SttEvent]:
+        return socket_events(self._conn, _decoded, _from_sdk)
 
 
 def _from_sdk(msg: Any) -> TurnEvent | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -70,26 +70,33 @@ class DeepgramSttStream:
         except SDK_ERRORS as exc:
             raise _translate(exc) from exc
 
-    async def events(self) -> AsyncIterator[SttEvent]:
-        socket = raw_socket(self._conn)
-        try:
-            if socket is not None:
-                # Our socket's JSON, decoded here: the SDK's per-message model building (``construct_type`` over
-                # the union of the socket's message types) costs 90-190 us per result on this machine, this a few
-                # (BENCHMARKS.md, "Round 5").
-                async for data in socket:
-                    event = _decoded(data)
-                    if event is not None:
-                        yield event
-            else:
-                async for msg in self._conn:
-                    event = _from_sdk(msg)
-                    if event is not None:
-                        yield event
-        except SDK_ERRORS as exc:
-            raise _translate(exc) from exc
-        # A normal close (1000) ends the iterator: the stream is over, which the session treats as a drop.
-        raise ProviderError(PROVIDER, "stream ended", transient=True)
+    def events(self) -> AsyncIterator[SttEvent]:
+        return socket_events(self._conn, _decoded, _from_sdk)
+
+
+async def socket_events(
+    conn: Any, decoded: Callable[[str | bytes], SttEvent | None], from_sdk: Callable[[Any], SttEvent | None]
+) -> AsyncIterator[SttEvent]:
+    """A recogniser socket's events (Nova's or Flux's), its errors as :class:`ProviderError`. On our transport the
+    JSON is decoded by ``decoded``: the SDK's per-message model building (``construct_type`` over the union of the
+    socket's message types) costs 90-190 us per result on this machine, this a few (BENCHMARKS.md, "Round 5");
+    on any other, ``from_sdk`` translates the SDK's models."""
+    socket = raw_socket(conn)
+    try:
+        if socket is not None:
+            async for data in socket:
+                event = decoded(data)
+                if event is not None:
+                    yield event
+        else:
+            async for msg in conn:
+                event = from_sdk(msg)
+                if event is not None:
+                    yield event
+    except SDK_ERRORS as exc:
+        raise _translate(exc) from exc
+    # A normal close (1000) ends the iterator: the stream is over, which the session treats as a drop.
+    raise ProviderError(PROVIDER, "stream ended", transient=True)
 
 
 def _from_sdk(msg: Any) -> SttEvent | None:
