@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 import pytest
 import structlog.testing
 from aiohttp import web
@@ -27,9 +28,10 @@ from deepgram.core.api_error import ApiError
 from deepgram.core.unchecked_base_model import construct_type
 from deepgram.listen.v1.socket_client import V1SocketClientResponse
 from deepgram.listen.v2.socket_client import V2SocketClientResponse
+from deepgram.transport import install_transport, restore_transport
 from websockets.exceptions import ConnectionClosedOK
 
-from tests.emulator_fixtures import EVENT_TIMEOUT_S, SdkClients, frames, tone, utterance
+from tests.emulator_fixtures import DEEPGRAM_KEY, EVENT_TIMEOUT_S, SdkClients, frames, tone, utterance
 from tests.proxy import self_signed_certificate
 from voicebot.audio import silence
 from voicebot.emulators import Emulators
@@ -117,6 +119,44 @@ async def test_decoded_messages_are_the_events_the_sdks_parse_gives(sdk: SdkClie
     assert {Transcript, SpeechStarted, UtteranceEnd} <= kinds, kinds
     assert any(isinstance(e, Transcript) and e.is_final and e.text for e in ours)
     assert ours[-1] is None  # Metadata, before the close
+
+
+async def _recognised(client: AsyncDeepgramClient) -> list[Any]:
+    """The bot's recogniser (``DeepgramStt``) on ``client``: every event of one utterance, to the stream's end."""
+    stt = DeepgramStt(client, model="nova-3", language="en-US", endpointing_ms=300, utterance_end_ms=1000)
+    events: list[Any] = []
+
+    async def read(stream: Any) -> None:
+        async with asyncio.timeout(EVENT_TIMEOUT_S):
+            async for event in stream.events():
+                events.append(event)
+
+    async with stt.connect() as stream:
+        for frame in frames(utterance(200, 1200, 1600)):
+            await stream.send_audio(frame)
+        await stream._conn.send_close_stream()
+        with pytest.raises(ProviderError, match="stream ended"):  # the server's close after CloseStream
+            await read(stream)
+    return events
+
+
+async def test_on_the_sdks_own_socket_the_recogniser_gives_the_same_events(emu: Emulators, sdk: SdkClients) -> None:
+    """Should the SDK stop handing us its transport, ``socket_events`` falls back to the SDK's parse: here the
+    SDK's default ``websockets`` client (the hook undone for this test only) against ours, the same utterance."""
+    ours = await _recognised(sdk.deepgram())
+    restore_transport()
+    try:
+        env = DeepgramClientEnvironment(base=emu.base_url, production=emu.ws_url, agent=emu.ws_url,
+                                        agent_rest=emu.base_url)  # fmt: skip
+        async with httpx.AsyncClient() as http:
+            default = AsyncDeepgramClient(api_key=DEEPGRAM_KEY, environment=env, httpx_client=http)
+            async with default.listen.v1.connect(**LISTEN_KW) as conn:
+                assert raw_socket(conn) is None  # really the SDK's own socket
+            theirs = await _recognised(default)
+    finally:
+        install_transport(async_factory=AiohttpSocket)
+    assert ours == theirs
+    assert any(isinstance(e, Transcript) and e.is_final and e.text for e in ours)
 
 
 async def test_decoded_flux_messages_are_the_events_the_sdks_parse_gives(emu: Emulators, sdk: SdkClients) -> None:

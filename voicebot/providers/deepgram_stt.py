@@ -79,8 +79,9 @@ async def socket_events(
 ) -> AsyncIterator[SttEvent]:
     """A recogniser socket's events (Nova's or Flux's), its errors as :class:`ProviderError`. On our transport the
     JSON is decoded by ``decoded``: the SDK's per-message model building (``construct_type`` over the union of the
-    socket's message types) costs 90-190 us per result on this machine, this a few (BENCHMARKS.md, "Round 5");
-    on any other, ``from_sdk`` translates the SDK's models."""
+    socket's message types) costs 90-190 us per result on this machine, this a few (BENCHMARKS.md, "Round 5").
+    Should an SDK release stop keeping the transport where :func:`raw_socket` finds it, the SDK's parse takes over
+    (``from_sdk``: slower, the same events), rather than the recogniser failing."""
     socket = raw_socket(conn)
     try:
         if socket is not None:
