@@ -58,7 +58,6 @@ HTTP = web.AppKey("http", aiohttp.ClientSession)
 STT_URL = web.AppKey("stt_url", str)
 STREAM_URL = web.AppKey("stream_url", str)
 BATCH_FRAMES = web.AppKey("batch_frames", int)
-TURNS = web.AppKey("turns", object)
 MU_LAW_BYTES_PER_S = 8000
 READ_AHEAD_S = 1.0
 READ_PACE_S = 0.2
@@ -95,6 +94,10 @@ class Turns:
         response = await self.http.post(self.tts_url, data=orjson.dumps({"text": text}), headers=headers)
         response.raise_for_status()
         return response
+
+
+TURNS = web.AppKey("turns", Turns)
+"""Set only with ``--turns``."""
 
 
 class Call:
@@ -171,8 +174,7 @@ async def media(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES)
     await ws.prepare(request)
     stt: aiohttp.ClientWebSocketResponse | None = None
-    turns = request.app[TURNS]
-    assert turns is None or isinstance(turns, Turns)
+    turns = request.app.get(TURNS)
     call: Call | None = None
     batch_bytes = request.app[BATCH_FRAMES] * FRAME_BYTES
     audio = bytearray()
@@ -241,7 +243,6 @@ async def serve(args: argparse.Namespace) -> None:
     app.router.add_get("/media", media)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         app[HTTP] = http
-        app[TURNS] = None
         if args.turns:
             turns = app[TURNS] = Turns(http, emulator)
             response = await turns.synthesize(GREETING)
