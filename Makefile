@@ -7,7 +7,7 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 LINT_PATHS := voicebot tests $(wildcard scripts)
 
-.PHONY: run test lint typecheck pytest emulators demo bench bench-turns bench-voices clean
+.PHONY: run test lint typecheck pytest emulators demo bench bench-venv bench-turns bench-voices clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,13 @@ bench: $(STAMP_RUN)
 ## End of speech -> first bot audio: today's listening, preemptive generation, Flux, Flux + eager (about 9 min).
 bench-turns: $(STAMP_RUN)
 	$(BIN)/python scripts/bench_turns.py $(ARGS)
+
+## A venv of the distro's python3 (what deploy/install.sh runs) for the servers under test:
+## make bench-venv && make bench ARGS="--sweep --server-python build/venv-distro/bin/python"
+DISTRO_PYTHON ?= /usr/bin/python3
+bench-venv:
+	$(DISTRO_PYTHON) -m venv build/venv-distro
+	build/venv-distro/bin/python -m pip --disable-pip-version-check -q install -e .
 
 ## The voices side by side (about 6 min): Aura REST and socket, ElevenLabs, Cartesia; ARGS="--smoke" checks it.
 bench-voices: $(STAMP_RUN)

@@ -132,7 +132,7 @@ class Bench:
                 cwd = self.args.baseline.resolve()
                 env |= {"PYTHONPATH": str(cwd), "VOICEBOT_TRANSCRIPT_DIR": str(self.transcripts_base)}
                 env |= env_pairs(self.args.baseline_env)
-            argv, core = [PY, "-m", "voicebot"], SERVER_CORE
+            argv, core = [self.python(kind), "-m", "voicebot"], SERVER_CORE
             workers = getattr(self.args, "server_workers", 1)  # bench_voices.py builds its own args
             if workers > 1:  # the whole machine: calls per machine, not per core
                 argv, core = [*argv, "--workers", str(workers)], f"{SERVER_CORE},{LOAD_CORE}"
@@ -140,7 +140,7 @@ class Bench:
             await wait_http(f"http://127.0.0.1:{port}/healthz", lambda s, t: s == 200 and '"ok"' in t, 60)
             await asyncio.sleep(1.0)  # the fixed phrases are synthesised at startup
         elif kind == "relay":
-            argv = [PY, str(ROOT / "scripts" / "bench_relay.py"), "--port", str(port), "--emulator-url",
+            argv = [self.python(kind), str(ROOT / "scripts" / "bench_relay.py"), "--port", str(port), "--emulator-url",
                     self.emu_url, "--public-url", public,
                     "--batch-frames", str(self.args.relay_batch_frames)]  # fmt: skip
             if turns:
@@ -154,6 +154,14 @@ class Bench:
         if kind not in ("voicebot", "base"):
             await wait_http(f"http://127.0.0.1:{port}/voice", lambda s, _: s in (200, 405), STARTUP_TIMEOUT_S)
         return proc
+
+    def python(self, kind: str) -> str:
+        """The interpreter for a server under test: ``--server-python`` (the relays' too, so that the ratio compares
+        like with like), ``--baseline-python`` for the base server; .venv's by default."""
+        server = getattr(self.args, "server_python", None)  # bench_voices.py's args have none
+        if kind == "base" and getattr(self.args, "baseline_python", None) is not None:
+            return str(self.args.baseline_python)
+        return str(server) if server is not None else PY
 
     # --- phases ---
 
@@ -409,6 +417,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="with --baseline: set this in the base server's environment (e.g. the main tree with "
         "another setting: --baseline . --baseline-env DEEPGRAM_TTS_TRANSPORT=websocket)",
+    )
+    p.add_argument(
+        "--server-python",
+        type=Path,
+        help="the interpreter of the servers under test, voicebot's and the relays' (a venv's python with voicebot "
+        "installed, e.g. one made from the distro's python3 as deploy/install.sh does: `make bench-venv`)",
+    )
+    p.add_argument(
+        "--baseline-python",
+        type=Path,
+        help="with --baseline: the base server's interpreter (default --server-python's); "
+        "`--baseline . --baseline-python .venv/bin/python` compares two interpreters on one tree",
     )
     p.add_argument("--skip-relay", action="store_true", help="with --sweep: no floor relay phase")
     p.add_argument("--relay-batch-frames", type=int, default=3, help="20 ms frames per STT message in the floor relay")

@@ -6,6 +6,7 @@ import contextlib
 import datetime
 import os
 import platform
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -93,9 +94,33 @@ def environment() -> list[str]:
     ]
 
 
+INTERPRETER = (
+    "import os, platform, sys, sysconfig; a = sysconfig.get_config_var('CONFIG_ARGS') or ''; "
+    "maps = open('/proc/self/maps').read(); "
+    "print(platform.python_implementation(), platform.python_version(), 'from', sys.base_prefix + ';', "
+    "'libpython shared' if 'libpython' in maps else 'libpython static', "
+    "'(configured with --enable-optimizations)' if '--enable-optimizations' in a else '')"
+)
+"""Which CPython runs a server, and how it is built: the same code costs about 20 % more CPU on a plain pyenv build
+(no profile-guided optimisation, libpython shared) than on the distro's python3 that deploy/install.sh installs
+(BENCHMARKS.md, Round 6)."""
+
+
+def interpreter(python: str) -> str:
+    try:
+        out = subprocess.run([python, "-c", INTERPRETER], capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{python}: unknown ({type(exc).__name__})"
+    return f"{python}: {out.stdout.strip()}"
+
+
 def report(bench: Bench, started: float) -> tuple[str, dict[str, Any]]:
     args, ph = bench.args, bench.phases
     lines = [f"# voicebot benchmark ({'full' if args.full else 'default'} run)", "", *environment()]
+    servers = {"voicebot and the relays": bench.python("voicebot")}
+    if getattr(args, "baseline", None) is not None:
+        servers["the baseline server"] = bench.python("base")
+    lines += [f"- interpreter of {who}: {interpreter(py)}" for who, py in servers.items()]
     raw: dict[str, Any] = {}
     n = args.calls
 
