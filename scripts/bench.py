@@ -281,6 +281,9 @@ class Bench:
         if self.args.sweep:
             await self.run_sweep()
             return
+        if self.args.cost_rounds:
+            await self.run_cost_rounds()
+            return
         t = self.timing
         n = self.args.calls
         await self.start_emulators()
@@ -341,6 +344,22 @@ class Bench:
         if self.args.skip_relay:
             return
         await self.relays(self.args.calls, script)
+
+    async def run_cost_rounds(self) -> None:
+        """voicebot and the answering relay at ``--calls``, ``--cost-rounds`` times each, in ABBA order (voicebot
+        first in odd rounds, the relay first in even ones), so that a drift of the shared machine falls on both: the
+        ratio per round and its median, instead of one window of each."""
+        t = self.timing
+        n, script = self.args.calls, self.args.sweep_script
+        await self.start_emulators()
+        await self.start_server("voicebot")
+        await self.start_server("relay", turns=script == "talk")  # both idle-waiting while the other runs
+        await self.configure({**LOADED, "tts_chunk_bytes": self.args.tts_chunk_bytes})
+        duration = n * self.args.spacing_s + t.settle_s + t.window_s + 3
+        for r in range(1, self.args.cost_rounds + 1):
+            order = (("cost_vb", "voicebot"), ("cost_relay", "relay"))
+            for name, kind in order if r % 2 else order[::-1]:
+                await self.run_phase(f"{name}_{r}", kind, calls=n, script=script, duration_s=duration, measure=t)
 
     async def relays(self, n: int, script: str) -> None:
         """The floor relay at ``n`` calls: listening only (``relay_n``), then, for a script in which the callers
@@ -429,6 +448,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=Path,
         help="with --baseline: the base server's interpreter (default --server-python's); "
         "`--baseline . --baseline-python .venv/bin/python` compares two interpreters on one tree",
+    )
+    p.add_argument(
+        "--cost-rounds",
+        type=int,
+        default=0,
+        metavar="R",
+        help="only the cost: voicebot and the answering relay at --calls, R windows each in ABBA order, the ratio "
+        "per round and its median (--sweep-script listen: the listening relay)",
     )
     p.add_argument("--skip-relay", action="store_true", help="with --sweep: no floor relay phase")
     p.add_argument("--relay-batch-frames", type=int, default=3, help="20 ms frames per STT message in the floor relay")

@@ -6,6 +6,7 @@ import contextlib
 import datetime
 import os
 import platform
+import statistics
 import subprocess
 import time
 from collections import Counter
@@ -264,6 +265,8 @@ def report(bench: Bench, started: float) -> tuple[str, dict[str, Any]]:
     # The load sweep.
     sweep_lines, raw["sweep"] = sweep_section(bench)
     lines += sweep_lines
+    rounds_lines, raw["cost_rounds"] = cost_rounds_section(bench)
+    lines += rounds_lines
 
     # Load generator health.
     lines += ["", "## Load generator health (if these lag, the figures above are pessimistic)", ""]
@@ -296,6 +299,47 @@ def report(bench: Bench, started: float) -> tuple[str, dict[str, Any]]:
     lines += ["", *[f"- note: {note}" for note in bench.notes]]
     lines.append(f"- run took {time.monotonic() - started:.0f} s; raw data in {bench.args.out.parent}")
     return "\n".join(lines) + "\n", raw
+
+
+def busy(w: Window, field: str) -> float:
+    """A core's busy share in the window, in per cent (``core_busy_s``: the server's core; ``load_core_busy_s``)."""
+    return 100 * getattr(w, field) / max(w.t1 - w.t0, 1e-9)
+
+
+def cost_rounds_section(bench: Bench) -> tuple[list[str], list[dict[str, Any]]]:
+    """``--cost-rounds``: voicebot's CPU per call-minute against the relay's, round by round, and the median ratio."""
+    rows: list[dict[str, Any]] = []
+    for r in range(1, getattr(bench.args, "cost_rounds", 0) + 1):
+        vb, relay = bench.phases.get(f"cost_vb_{r}"), bench.phases.get(f"cost_relay_{r}")
+        if vb is None or relay is None or vb.window is None or relay.window is None:
+            continue
+        a, b = cpu_per_call_minute(vb), cpu_per_call_minute(relay)
+        rows.append({
+            "round": r, "voicebot": a, "relay": b, "ratio": a / b if a and b else None,
+            "turns": turns_per_call_minute(vb), "relay_turns": turns_per_call_minute(relay),
+            "core_busy": (busy(vb.window, "core_busy_s"), busy(relay.window, "core_busy_s")),
+            "load_busy": (busy(vb.window, "load_core_busy_s"), busy(relay.window, "load_core_busy_s")),
+        })  # fmt: skip
+    if not rows:
+        return [], rows
+    relay_kind = "answering" if bench.args.sweep_script == "talk" else "listening"
+    lines = ["", f"## Cost in rounds: voicebot and the {relay_kind} relay, {bench.args.calls} calls, ABBA order", ""]
+    lines += ["| round | voicebot CPU-s per call-minute (bot turns) | relay (its turns) | voicebot ÷ relay | "
+              "server core busy, all processes (voicebot; relay) | load core busy (voicebot; relay) |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for row in rows:
+        lines.append(
+            f"| {row['round']} | {fmt(row['voicebot'], 3)} ({fmt(row['turns'])}) | {fmt(row['relay'], 3)} "
+            f"({fmt(row['relay_turns'])}) | {fmt(row['ratio'], 2)}× | {fmt(row['core_busy'][0], 0)}%; "
+            f"{fmt(row['core_busy'][1], 0)}% | {fmt(row['load_busy'][0], 0)}%; {fmt(row['load_busy'][1], 0)}% |"
+        )
+    ratios = [row["ratio"] for row in rows if row["ratio"] is not None]
+    a = statistics.median(row["voicebot"] for row in rows if row["voicebot"] is not None)
+    b = statistics.median(row["relay"] for row in rows if row["relay"] is not None)
+    median_ratio = statistics.median(ratios) if ratios else None
+    lines += [f"| median | {fmt(a, 3)} | {fmt(b, 3)} | {fmt(median_ratio, 2)}× (spread {fmt(min(ratios), 2)}-"
+              f"{fmt(max(ratios), 2)}×; target ≤ 1.3×: {verdict(median_ratio, 1.3)}) | | |"]  # fmt: skip
+    return lines, rows
 
 
 def loop_lag_p99_ms(w: Window) -> float | None:
