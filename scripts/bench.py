@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from bench_analysis import Phase, Window, live_through, pct, top_functions
+from bench_analysis import Phase, Window, cpu_split, live_through, pct, top_functions
 from bench_procs import (
     LOAD_CORE,
     ROOT,
@@ -105,6 +105,7 @@ class Bench:
         self.phases: dict[str, Phase] = {}
         self.server_log = work / "voicebot.log"
         self.notes: list[str] = []
+        self.perf_runs = 0
 
     # --- servers ---
 
@@ -240,11 +241,14 @@ class Bench:
         delay0, busy0, load0 = run_delay_s(pid), core_busy_s(SERVER_CORE), core_busy_s(LOAD_CORE)
         gen = [p.pid for name, p in self.procs.running.items() if name.startswith(("callers-", "emulators"))]
         gen0 = sum(cpu_seconds(g) for g in gen)
+        perf = await self.perf_start(pid, timing.window_s) if self.args.perf else None
         rss = []
         for _ in range(RSS_SAMPLES):
             await asyncio.sleep(timing.window_s / RSS_SAMPLES)
             rss.append(tree_rss_mib(pid))
         window.t1, cpu1 = time.monotonic(), tree_cpu_seconds(pid)
+        if perf is not None:
+            window.cpu_split = await self.perf_split(*perf)
         window.cpu_s = cpu1 - cpu0
         window.run_delay_s = run_delay_s(pid) - delay0
         window.core_busy_s = core_busy_s(SERVER_CORE) - busy0
@@ -255,6 +259,31 @@ class Bench:
             window.metrics1 = await http_text(metrics_url)
         if profile:
             await self.profile(kind, pid, window, timing.profile_s)
+
+    async def perf_start(self, pid: int, seconds: float) -> tuple[asyncio.subprocess.Process, Path] | None:
+        """``perf record`` on the server for the CPU window, sampling its CPU clock without stopping it (unlike
+        ``py-spy --native``, which pauses the process at each sample and so over-weights its system calls)."""
+        if shutil.which("perf") is None:
+            self.notes.append("perf not installed (apt-get install linux-perf): no --perf split")
+            return None
+        self.perf_runs += 1
+        data = self.work / f"perf-{self.perf_runs}.data"
+        argv = ["perf", "record", "-q", "-e", "cpu-clock", "-F", "499", "-p", str(pid), "-o", str(data), "--",
+                "sleep", f"{seconds:.1f}"]  # fmt: skip
+        return await self.procs.start(f"perf-{self.perf_runs}", argv, LOAD_CORE), data
+
+    async def perf_split(self, proc: asyncio.subprocess.Process, data: Path) -> dict[str, float]:
+        async with asyncio.timeout(60):
+            await proc.wait()
+        report = await asyncio.create_subprocess_exec(
+            "perf", "report", "-i", str(data), "--sort", "dso", "--stdio", "-q",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        out, _ = await report.communicate()
+        split = cpu_split(out.decode(errors="replace"))
+        if not split:
+            self.notes.append(f"perf recorded nothing in {data.name} (exit {proc.returncode})")
+        return split
 
     async def profile(self, kind: str, pid: int, window: Window, seconds: float) -> None:
         """py-spy on the loaded server, after the CPU window (sampling pauses the process)."""
@@ -456,6 +485,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="R",
         help="only the cost: voicebot and the answering relay at --calls, R windows each in ABBA order, the ratio "
         "per round and its median (--sweep-script listen: the listening relay)",
+    )
+    p.add_argument(
+        "--perf",
+        action="store_true",
+        help="with --cost-rounds: `perf record` each server in its CPU window, and split its CPU into the "
+        "interpreter, the kernel, the event loop's C and other C (needs perf)",
     )
     p.add_argument("--skip-relay", action="store_true", help="with --sweep: no floor relay phase")
     p.add_argument("--relay-batch-frames", type=int, default=3, help="20 ms frames per STT message in the floor relay")

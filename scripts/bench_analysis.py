@@ -48,6 +48,8 @@ class Window:
     profile_start_wall: float | None = None
     profile_total: int = 0
     profile_native: list[tuple[str, int]] = field(default_factory=list)
+    cpu_split: dict[str, float] = field(default_factory=dict)
+    """With ``--perf``: the share of the server's CPU in the window per kind of code (:func:`cpu_split`)."""
 
 
 @dataclass
@@ -357,6 +359,33 @@ def top_functions(raw: str, limit: int = 15) -> tuple[list[tuple[str, int]], lis
         if not _is_python(frames[-1]):
             native[_short(frames[-1])] += count
     return own.most_common(limit), native.most_common(10), total
+
+
+CODE_KINDS = (
+    ("interpreter", ("libpython", "python3")),
+    ("kernel", ("[kernel",)),
+    ("event loop", ("uvloop", "loop.cpython")),
+)
+"""How ``perf report --sort dso`` names a shared object, by the kind of code it is: CPython's interpreter (a shared
+libpython, or the executable itself for a statically linked one), the kernel (system calls, TCP on loopback), and
+uvloop's C loop; everything else (aiohttp's and orjson's C, webrtcvad, libc...) is "other C"."""
+
+
+def cpu_split(report: str) -> dict[str, float]:
+    """``perf report --sort dso --stdio`` output → share of the samples (0-1) per kind of code, and per the top
+    shared objects under ``dso:<name>``."""
+    split: dict[str, float] = {}
+    for line in report.splitlines():
+        pct_s, _, dso = line.strip().partition("%")
+        try:
+            share = float(pct_s) / 100
+        except ValueError:
+            continue  # headers and comments
+        dso = dso.strip()
+        kind = next((k for k, marks in CODE_KINDS if any(m in dso for m in marks)), "other C")
+        split[kind] = split.get(kind, 0.0) + share
+        split[f"dso:{dso}"] = share
+    return split
 
 
 def _is_python(frame: str) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench_analysis import (
+    CODE_KINDS,
     HOPS,
     OUTSIDE,
     Phase,
@@ -339,7 +340,33 @@ def cost_rounds_section(bench: Bench) -> tuple[list[str], list[dict[str, Any]]]:
     median_ratio = statistics.median(ratios) if ratios else None
     lines += [f"| median | {fmt(a, 3)} | {fmt(b, 3)} | {fmt(median_ratio, 2)}× (spread {fmt(min(ratios), 2)}-"
               f"{fmt(max(ratios), 2)}×; target ≤ 1.3×: {verdict(median_ratio, 1.3)}) | | |"]  # fmt: skip
+    lines += cpu_split_lines(bench, [row["round"] for row in rows])
     return lines, rows
+
+
+def cpu_split_lines(bench: Bench, rounds: Sequence[int]) -> list[str]:
+    """``--perf``: each server's CPU per call-minute split by the kind of code that ran, round by round."""
+    kinds = [k for k, _ in CODE_KINDS] + ["other C"]
+    out = []
+    for r in rounds:
+        vb, relay = bench.phases[f"cost_vb_{r}"], bench.phases[f"cost_relay_{r}"]
+        if vb.window is None or relay.window is None or not vb.window.cpu_split or not relay.window.cpu_split:
+            continue
+        a, b = cpu_per_call_minute(vb) or 0.0, cpu_per_call_minute(relay) or 0.0
+        cells = [
+            f"{a * vb.window.cpu_split.get(k, 0.0):.3f} / {b * relay.window.cpu_split.get(k, 0.0):.3f}" for k in kinds
+        ]
+        out.append(f"| {r} | " + " | ".join(cells) + " |")
+    if not out:
+        return []
+    return [
+        "",
+        "Where each server's CPU went (`perf record` in the same window; CPU-s per call-minute, voicebot / relay):",
+        "",
+        "| round | " + " | ".join(kinds) + " |",
+        "|---|" + "---|" * len(kinds),
+        *out,
+    ]
 
 
 def loop_lag_p99_ms(w: Window) -> float | None:
