@@ -241,7 +241,9 @@ class Bench:
         delay0, busy0, load0 = run_delay_s(pid), core_busy_s(SERVER_CORE), core_busy_s(LOAD_CORE)
         gen = [p.pid for name, p in self.procs.running.items() if name.startswith(("callers-", "emulators"))]
         gen0 = sum(cpu_seconds(g) for g in gen)
-        perf = await self.perf_start(pid, timing.window_s) if self.args.perf else None
+        # bench_voices.py's args have neither option; the split is reported for --cost-rounds only
+        split = getattr(self.args, "perf", False) and getattr(self.args, "cost_rounds", 0)
+        perf = await self.perf_start(pid, timing.window_s) if split else None
         rss = []
         for _ in range(RSS_SAMPLES):
             await asyncio.sleep(timing.window_s / RSS_SAMPLES)
