@@ -266,7 +266,9 @@ class Bench:
         """``perf record`` on the server for the CPU window, sampling its CPU clock without stopping it (unlike
         ``py-spy --native``, which pauses the process at each sample and so over-weights its system calls)."""
         if shutil.which("perf") is None:
-            self.notes.append("perf not installed (apt-get install linux-perf): no --perf split")
+            note = "perf not installed (apt-get install linux-perf): no --perf split"
+            if note not in self.notes:
+                self.notes.append(note)
             return None
         self.perf_runs += 1
         data = self.work / f"perf-{self.perf_runs}.data"

@@ -372,8 +372,7 @@ uvloop's C loop; everything else (aiohttp's and orjson's C, webrtcvad, libc...) 
 
 
 def cpu_split(report: str) -> dict[str, float]:
-    """``perf report --sort dso --stdio`` output → share of the samples (0-1) per kind of code, and per the top
-    shared objects under ``dso:<name>``."""
+    """``perf report --sort dso --stdio`` output → share of the samples (0-1) per kind of code."""
     split: dict[str, float] = {}
     for line in report.splitlines():
         pct_s, _, dso = line.strip().partition("%")
@@ -384,7 +383,6 @@ def cpu_split(report: str) -> dict[str, float]:
         dso = dso.strip()
         kind = next((k for k, marks in CODE_KINDS if any(m in dso for m in marks)), "other C")
         split[kind] = split.get(kind, 0.0) + share
-        split[f"dso:{dso}"] = share
     return split
 
 

@@ -97,15 +97,15 @@ def environment() -> list[str]:
 
 
 INTERPRETER = (
-    "import os, platform, sys, sysconfig; a = sysconfig.get_config_var('CONFIG_ARGS') or ''; "
+    "import platform, sys, sysconfig; a = sysconfig.get_config_var('CONFIG_ARGS') or ''; "
     "maps = open('/proc/self/maps').read(); "
     "print(platform.python_implementation(), platform.python_version(), 'from', sys.base_prefix + ';', "
     "'libpython shared' if 'libpython' in maps else 'libpython static', "
     "'(configured with --enable-optimizations)' if '--enable-optimizations' in a else '')"
 )
-"""Which CPython runs a server, and how it is built: the same code costs about 20 % more CPU on a plain pyenv build
-(no profile-guided optimisation, libpython shared) than on the distro's python3 that deploy/install.sh installs
-(BENCHMARKS.md, Round 6)."""
+"""Which CPython runs a server, and how it is built: the bot costs 7-13 % more CPU on a plain pyenv build (no
+profile-guided optimisation, libpython shared) than on the distro's python3 that deploy/install.sh installs, a
+pure-Python loop 20 % more (BENCHMARKS.md, Round 6)."""
 
 
 def interpreter(python: str) -> str:
