@@ -9,7 +9,8 @@ The emulators answer as in ``make bench`` (LLM first token at once, 100 tokens p
 in 800-byte chunks). Each round runs ``--concurrency`` turns at once, each to its final mark (playback runs in real
 time, so a round lasts as long as the longest reply); CPU is this process's only. ``--profile`` adds cProfile
 around the rounds and prints the functions with the most own time, by package; ``--no-read-timeout`` builds the
-clients without their per-read timeout (aiohttp re-arms a timer on every network read). BENCHMARKS.md, Round 7.
+clients without their per-read timeout (aiohttp re-arms a timer on every network read); ``--socket`` speaks over
+Aura's socket (one per simulated call, kept across rounds) instead of REST. BENCHMARKS.md, Round 7.
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ from voicebot.audio import BYTES_PER_SECOND  # noqa: E402
 from voicebot.call.bot_turn import BotTurn  # noqa: E402
 from voicebot.call.services import CONNECT_TIMEOUT_S, LLM_READ_TIMEOUT_S, TTS_READ_TIMEOUT_S  # noqa: E402
 from voicebot.providers import pools  # noqa: E402
-from voicebot.providers.base import Message  # noqa: E402
+from voicebot.providers.base import Message, TextToSpeech, Voice  # noqa: E402
 from voicebot.providers.deepgram_client import deepgram_client  # noqa: E402
 from voicebot.providers.deepgram_tts import DeepgramTts  # noqa: E402
+from voicebot.providers.deepgram_tts_ws import DeepgramSpeakVoice  # noqa: E402
 from voicebot.providers.openai_llm import OpenAiChat  # noqa: E402
 
 KEY = "bench"
@@ -82,7 +84,7 @@ class EchoOut:
         return True
 
 
-async def one_turn(tts: DeepgramTts, llm: OpenAiChat, counts: collections.Counter[str]) -> None:
+async def one_turn(tts: TextToSpeech, llm: OpenAiChat, counts: collections.Counter[str]) -> None:
     out = EchoOut()
     turn = BotTurn(1, out, tts=tts, llm=llm, messages=HISTORY)
     out.turn = turn
@@ -95,7 +97,9 @@ async def one_turn(tts: DeepgramTts, llm: OpenAiChat, counts: collections.Counte
     counts["failures"] += len(result.provider_failures)
 
 
-async def run(base: str, rounds: int, concurrency: int, profile: cProfile.Profile | None, read_timeout: bool) -> None:
+async def run(
+    base: str, rounds: int, concurrency: int, profile: cProfile.Profile | None, read_timeout: bool, socket: bool
+) -> None:
     async with AsyncExitStack() as stack:
         tts_use, llm_use = pools.PoolUse("tts", 256), pools.PoolUse("llm", 256)
         tts_read = TTS_READ_TIMEOUT_S if read_timeout else None
@@ -107,7 +111,12 @@ async def run(base: str, rounds: int, concurrency: int, profile: cProfile.Profil
             )
         )
         env = DeepgramClientEnvironment(base=base, production=base, agent=base, agent_rest=base)
-        tts = DeepgramTts(deepgram_client(api_key=KEY, environment=env, httpx_client=dg_http), model="aura-2-thalia-en")
+        deepgram = deepgram_client(api_key=KEY, environment=env, httpx_client=dg_http)
+        rest = DeepgramTts(deepgram, model="aura-2-thalia-en")
+        # One TTS per simulated call, kept across rounds as a call keeps its voice across turns (Aura's socket voice
+        # opens its socket with the call, not per turn).
+        voice: Voice = DeepgramSpeakVoice(deepgram, rest, model="aura-2-thalia-en") if socket else rest
+        calls = [await stack.enter_async_context(voice.open_call()) for _ in range(concurrency)]
         oa = openai.AsyncOpenAI(
             api_key=KEY,
             base_url=base + "/v1",
@@ -117,14 +126,14 @@ async def run(base: str, rounds: int, concurrency: int, profile: cProfile.Profil
         stack.push_async_callback(oa.close)
         llm = OpenAiChat(oa, model="gpt-4o-mini", temperature=0.4, max_tokens=300)
         warm: collections.Counter[str] = collections.Counter()
-        await asyncio.gather(*(one_turn(tts, llm, warm) for _ in range(concurrency)))  # connections, lazy paths
+        await asyncio.gather(*(one_turn(call.for_turn(), llm, warm) for call in calls))  # connections, lazy paths
         per_turn: list[float] = []
         counts: collections.Counter[str] = collections.Counter()
         for _ in range(rounds):
             cpu0 = time.process_time()
             if profile is not None:
                 profile.enable()
-            await asyncio.gather(*(one_turn(tts, llm, counts) for _ in range(concurrency)))
+            await asyncio.gather(*(one_turn(call.for_turn(), llm, counts) for call in calls))
             if profile is not None:
                 profile.disable()
             per_turn.append((time.process_time() - cpu0) / concurrency * 1000)
@@ -167,6 +176,7 @@ def main() -> None:
     p.add_argument("--port", type=int, default=18797)
     p.add_argument("--profile", action="store_true", help="cProfile the rounds and print where the time goes")
     p.add_argument("--no-read-timeout", action="store_true", help="the clients without their per-read timeout")
+    p.add_argument("--socket", action="store_true", help="Aura over its socket (one per call) instead of REST")
     args = p.parse_args()
     argv = [sys.executable, "-m", "voicebot.emulators", "--port", str(args.port), "--quiet",
             "--deepgram-key", KEY, "--openai-key", KEY, "--tts-ttfb-ms", "0", "--tts-bytes-per-second", "32000",
@@ -176,7 +186,14 @@ def main() -> None:
     try:
         time.sleep(3.0)
         uvloop.run(
-            run(f"http://127.0.0.1:{args.port}", args.rounds, args.concurrency, profile, not args.no_read_timeout)
+            run(
+                f"http://127.0.0.1:{args.port}",
+                args.rounds,
+                args.concurrency,
+                profile,
+                not args.no_read_timeout,
+                args.socket,
+            )
         )
     finally:
         emulators.send_signal(signal.SIGTERM)
