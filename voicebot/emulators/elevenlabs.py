@@ -26,7 +26,10 @@ _STATUS = {
 }
 
 
-class ElevenLabsService:
+class _Endpoint:
+    """An ElevenLabs endpoint on the shared TTS service; ``handle`` is the aiohttp handler, registered with the
+    runtime so that shutdown can cancel it."""
+
     def __init__(self, tts: TtsService, runtime: Runtime, key: str | None) -> None:
         self.tts = tts
         self.key = key
@@ -36,6 +39,11 @@ class ElevenLabsService:
         with self._runtime.handler():
             return await self._handle(request)
 
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+
+class ElevenLabsService(_Endpoint):
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         log, faults = self._runtime.log, self.tts.faults
         request_id = new_request_id()
@@ -79,20 +87,11 @@ MAX_CONTEXTS = 5
 POLICY_VIOLATION = 1008
 
 
-class ElevenLabsSocketService:
+class ElevenLabsSocketService(_Endpoint):
     """``GET /v1/text-to-speech/{voice_id}/multi-stream-input``: the multi-context socket, shapes from the elevenlabs
     SDK's types (client: ``context_id``, ``text``, ``flush``, ``close_context``, ``close_socket``; server: ``audio``,
     ``contextId``, ``isFinal``). voicebot speaks to ElevenLabs over REST; this emulator pins the socket's context
     limit, which repeated barge-ins reach when contexts are not closed."""
-
-    def __init__(self, tts: TtsService, runtime: Runtime, key: str | None) -> None:
-        self.tts = tts
-        self.key = key
-        self._runtime = runtime
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        with self._runtime.handler():
-            return await self._handle(request)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         log = self._runtime.log
