@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -36,6 +34,8 @@ from deepgram import DeepgramClientEnvironment
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench_procs import paced_emulators  # noqa: E402
 
 from voicebot.providers import pools  # noqa: E402
 from voicebot.providers.base import Message  # noqa: E402
@@ -141,18 +141,9 @@ def main() -> None:
     p.add_argument("--tts-chunk-bytes", type=int, default=800, help="the emulator's TTS chunk (800 = make bench's)")
     p.add_argument("--uvloop", action="store_true", help="run the clients on uvloop, as the bot does")
     args = p.parse_args()
-    argv = [sys.executable, "-m", "voicebot.emulators", "--port", str(args.port), "--quiet",
-            "--deepgram-key", KEY, "--openai-key", KEY, "--tts-ttfb-ms", "0", "--tts-bytes-per-second", "32000",
-            "--tts-chunk-bytes", str(args.tts_chunk_bytes), "--llm-ttft-ms", "0",
-            "--llm-tokens-per-second", "100"]  # fmt: skip
-    emulators = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(3.0)
+    with paced_emulators(args.port, KEY, tts_chunk_bytes=args.tts_chunk_bytes) as base_url:
         runner = uvloop.run if args.uvloop else asyncio.run
-        results = runner(run(f"http://127.0.0.1:{args.port}", args.rounds, args.per_round, args.concurrency))
-    finally:
-        emulators.send_signal(signal.SIGTERM)
-        emulators.wait(10)
+        results = runner(run(base_url, args.rounds, args.per_round, args.concurrency))
     print(f"client CPU per item, ms (median of {args.rounds} rounds; {args.concurrency} streams at once; "
           f"load average {os.getloadavg()[0]:.2f})")  # fmt: skip
     base = {k: statistics.median(v) for k, v in results["httpx"].items()}

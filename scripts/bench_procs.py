@@ -7,7 +7,10 @@ import contextlib
 import os
 import signal
 import socket
-from collections.abc import Callable, Sequence
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,24 @@ SERVER_CORE, LOAD_CORE = "0", "1"
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 STOP_TIMEOUT_S = 8.0
+
+
+@contextlib.contextmanager
+def paced_emulators(port: int, key: str, *, tts_chunk_bytes: int = 800) -> Iterator[str]:
+    """The emulators in their own process for a client-side micro-benchmark, paced as in ``make bench`` (LLM first
+    token at once, 100 tokens per second; Aura's first byte at once, 4x real time in ``tts_chunk_bytes`` chunks);
+    yields their base URL and stops them on the way out."""
+    argv = [sys.executable, "-m", "voicebot.emulators", "--port", str(port), "--quiet",
+            "--deepgram-key", key, "--openai-key", key, "--tts-ttfb-ms", "0", "--tts-bytes-per-second", "32000",
+            "--tts-chunk-bytes", str(tts_chunk_bytes), "--llm-ttft-ms", "0",
+            "--llm-tokens-per-second", "100"]  # fmt: skip
+    emulators = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(3.0)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        emulators.send_signal(signal.SIGTERM)
+        emulators.wait(10)
 
 
 class Procs:

@@ -21,9 +21,7 @@ import collections
 import cProfile
 import io
 import pstats
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from contextlib import AsyncExitStack
@@ -36,6 +34,8 @@ from deepgram import DeepgramClientEnvironment
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench_procs import paced_emulators  # noqa: E402
 
 from voicebot.audio import BYTES_PER_SECOND  # noqa: E402
 from voicebot.call.bot_turn import BotTurn  # noqa: E402
@@ -76,10 +76,10 @@ class EchoOut:
         return True
 
     async def send_mark(self, gen: int, name: str) -> bool:
-        loop = asyncio.get_running_loop()
-        at = max(self._play_end, time.monotonic())
         assert self.turn is not None
-        loop.call_at(loop.time() + (at - time.monotonic()), self.turn.mark_echoed, name, True, at)
+        now = time.monotonic()
+        at = max(self._play_end, now)
+        asyncio.get_running_loop().call_later(at - now, self.turn.mark_echoed, name, True, at)
         self.marks += 1
         return True
 
@@ -178,26 +178,9 @@ def main() -> None:
     p.add_argument("--no-read-timeout", action="store_true", help="the clients without their per-read timeout")
     p.add_argument("--socket", action="store_true", help="Aura over its socket (one per call) instead of REST")
     args = p.parse_args()
-    argv = [sys.executable, "-m", "voicebot.emulators", "--port", str(args.port), "--quiet",
-            "--deepgram-key", KEY, "--openai-key", KEY, "--tts-ttfb-ms", "0", "--tts-bytes-per-second", "32000",
-            "--tts-chunk-bytes", "800", "--llm-ttft-ms", "0", "--llm-tokens-per-second", "100"]  # fmt: skip
-    emulators = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     profile = cProfile.Profile() if args.profile else None
-    try:
-        time.sleep(3.0)
-        uvloop.run(
-            run(
-                f"http://127.0.0.1:{args.port}",
-                args.rounds,
-                args.concurrency,
-                profile,
-                not args.no_read_timeout,
-                args.socket,
-            )
-        )
-    finally:
-        emulators.send_signal(signal.SIGTERM)
-        emulators.wait(10)
+    with paced_emulators(args.port, KEY) as base_url:
+        uvloop.run(run(base_url, args.rounds, args.concurrency, profile, not args.no_read_timeout, args.socket))
     if profile is not None:
         report(profile, args.rounds * args.concurrency)
 
