@@ -35,8 +35,8 @@ typecheck: $(STAMP_DEV)
 	$(BIN)/mypy
 
 # The suite waits on real time (audio plays at 8 kB/s, marks echo when it has played): 802 tests use about 150
-# CPU-s in all, so 12 workers keep 2 cores half busy and finish in ~2.3 minutes (4 workers: ~6.8); work stealing
-# keeps the minute-long soak and demo tests from landing last on one worker.
+# CPU-s in all, so 12 workers keep 2 cores half busy and finish in 133-150 s (4 workers: 409 s); work stealing
+# keeps the minute-long soak and demo tests from landing last on one worker (12 workers without it: 231 s).
 PYTEST_WORKERS ?= 12
 pytest: $(STAMP_DEV)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
