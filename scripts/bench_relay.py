@@ -6,9 +6,10 @@ Twilio message: parse the JSON, base64-decode the ``media`` payload, and send th
 ``--batch-frames`` 20 ms frames (default 3, 60 ms: what voicebot sends, so the relay pays no more socket writes than
 the bot; 1 = a message per Twilio frame, the relay of the rounds before 2026-12-02 evening). No VAD, no logging.
 
-Without ``--turns``, STT results are read and dropped: no turn-taking, no LLM, no TTS (the floor of a call that only
-listens). With ``--turns`` the relay also answers, as cheaply as an honest bot can on this stack: the greeting
-(synthesised once at startup) at the start; on each ``speech_final`` result one streamed chat completion (aiohttp,
+Both relays play the greeting (synthesised once at startup) at the start of each call, as the bot does, so a caller
+that waits for it goes on. Without ``--turns``, STT results are read and dropped: no turn-taking, no LLM, no more TTS
+(the floor of a call that only listens). With ``--turns`` the relay also answers, as cheaply as an honest bot can on
+this stack: on each ``speech_final`` result one streamed chat completion (aiohttp,
 the ``data:`` lines decoded with orjson, a two-message history), each clause of it synthesised by Aura REST in turn
 (aiohttp), every read of the audio sent to the caller as one ``media`` message (read at most every 200 ms once a
 second of audio is queued at the caller, as voicebot paces), and one ``mark`` after each reply. No parallel
@@ -97,7 +98,8 @@ class Turns:
 
 
 TURNS = web.AppKey("turns", Turns)
-"""Set only with ``--turns``."""
+ANSWER = web.AppKey("answer", bool)
+"""``--turns``: answer the caller after the greeting."""
 
 
 class Call:
@@ -174,7 +176,7 @@ async def media(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES)
     await ws.prepare(request)
     stt: aiohttp.ClientWebSocketResponse | None = None
-    turns = request.app.get(TURNS)
+    turns = request.app[TURNS]
     call: Call | None = None
     batch_bytes = request.app[BATCH_FRAMES] * FRAME_BYTES
     audio = bytearray()
@@ -196,13 +198,10 @@ async def media(request: web.Request) -> web.WebSocketResponse:
                         stt = await request.app[HTTP].ws_connect(
                             request.app[STT_URL], headers={"Authorization": "Token bench"}, compress=0
                         )
-                    if turns is None:
-                        tg.create_task(_drain(stt))
-                    else:
-                        call = Call(ws, turns, tg)
-                        call.stream_sid = data["start"]["streamSid"]
-                        tg.create_task(_listen(stt, call))
-                        tg.create_task(call.greet())
+                    call = Call(ws, turns, tg)
+                    call.stream_sid = data["start"]["streamSid"]
+                    tg.create_task(_listen(stt, call) if request.app[ANSWER] else _drain(stt))
+                    tg.create_task(call.greet())
                 elif event == "stop":
                     break
             if call is not None and call.reply is not None:
@@ -243,10 +242,10 @@ async def serve(args: argparse.Namespace) -> None:
     app.router.add_get("/media", media)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         app[HTTP] = http
-        if args.turns:
-            turns = app[TURNS] = Turns(http, emulator)
-            response = await turns.synthesize(GREETING)
-            turns.greeting = await response.read()
+        turns = app[TURNS] = Turns(http, emulator)
+        app[ANSWER] = args.turns
+        response = await turns.synthesize(GREETING)
+        turns.greeting = await response.read()
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:
