@@ -273,9 +273,17 @@ def report(bench: Bench, started: float) -> tuple[str, dict[str, Any]]:
     lines += ["", "## Load generator health (if these lag, the figures above are pessimistic)", ""]
     lines += ["| phase | calls ok / placed | failures | callers CPU | callers lag p99 | emulators CPU | "
               "emulators lag p99 |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    raw["health"] = {}
     for phase in ph.values():
         ok = sum(1 for c in phase.calls if c["ok"])
         failures = Counter(f.split(":")[0] + ":" + f.split(":")[1][:40] for c in phase.calls for f in c["failures"])
+        greeted = sum(1 for c in phase.calls if c["first_media"] is not None)  # heard the server's audio at all
+        raw["health"][phase.name] = {
+            "ok": ok,
+            "placed": len(phase.calls),
+            "greeted": greeted,
+            "failures": dict(failures),
+        }
         top = "; ".join(f"{k} ×{v}" for k, v in failures.most_common(2)) or "none"
         lines.append(
             f"| {phase.name} | {ok} / {len(phase.calls)} | {top} | "
